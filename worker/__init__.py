@@ -1,0 +1,1 @@
+"""chatstore's worker: consumes chat events from RabbitMQ into PostgreSQL."""
