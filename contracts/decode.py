@@ -37,7 +37,7 @@ _EMPTY_PAIR = re.compile(r"\[\]|\{\}")
 _SUSPICIOUS_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     """Raised inside the JSON parser's hooks; becomes an ``invalid`` rejection."""
 
 
@@ -60,7 +60,7 @@ def decode(body: bytes) -> AnyEvent | Rejection:
         )
         if _SUSPICIOUS_ESCAPE.search(text):
             _check_strings(document)
-    except _Refused as refused:
+    except _RefusedError as refused:
         return Rejection(Reason.INVALID, str(refused))
     except json.JSONDecodeError as error:
         return Rejection(Reason.MALFORMED, f"body is not JSON: {error}")
@@ -113,18 +113,18 @@ def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, obj
     document = dict(pairs)
     if len(document) != len(pairs):
         duplicated = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
-        raise _Refused(f"duplicate key {duplicated[0][:100]!r} in a JSON object")
+        raise _RefusedError(f"duplicate key {duplicated[0][:100]!r} in a JSON object")
     return document
 
 
 def _refuse_constant(name: str) -> object:
-    raise _Refused(f"{name} is not a JSON number")
+    raise _RefusedError(f"{name} is not a JSON number")
 
 
 def _finite_float(literal: str) -> float:
     value = float(literal)
     if not math.isfinite(value):
-        raise _Refused(f"number {literal[:40]} is out of range")
+        raise _RefusedError(f"number {literal[:40]} is out of range")
     return value
 
 
@@ -132,11 +132,11 @@ def _check_strings(value: object) -> None:
     """Refuse NUL characters and lone surrogates anywhere: Postgres cannot store them."""
     if isinstance(value, str):
         if "\x00" in value:
-            raise _Refused("a string contains a NUL character")
+            raise _RefusedError("a string contains a NUL character")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise _Refused("a string contains a lone surrogate") from None
+            raise _RefusedError("a string contains a lone surrogate") from None
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_strings(key)

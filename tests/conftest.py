@@ -1,0 +1,121 @@
+"""Fixtures on the real servers: one migrated template database a run, a
+fresh database and a fresh RabbitMQ vhost per test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.services import Services, discover
+from worker import migrate
+
+# Fixtures that need the servers; collecting a test that uses one finds them.
+SERVICE_FIXTURES = frozenset(
+    {
+        "services",
+        "services_admin_url",
+        "services_amqp_url",
+        "template_database",
+        "database_url",
+        "empty_database_url",
+        "amqp_url",
+    }
+)
+_SERVICES = pytest.StashKey[Services]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    needs_services = any(
+        SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in items
+    )
+    if needs_services and _SERVICES not in config.stash:
+        config.stash[_SERVICES] = discover()  # raises pytest.UsageError, never skips
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SERVICES in config.stash:
+        config.stash[_SERVICES].stop()
+
+
+@pytest.fixture(scope="session")
+def services(request: pytest.FixtureRequest) -> Services:
+    return request.config.stash[_SERVICES]
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+async def _admin(services: Services, sql: str) -> None:
+    dsn = services.admin_database_url.render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def template_database(services: Services) -> Iterator[str]:
+    """A database built by the real migrations, the template of every test's database."""
+    name = _unique("chatstore_test_template")
+    url = services.admin_database_url.set(database=name, drivername="postgresql+asyncpg")
+    asyncio.run(migrate.ensure_database(url))
+    migrate.upgrade(url)
+    yield name
+    asyncio.run(_admin(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _database(services: Services, template: str | None) -> AsyncIterator[URL]:
+    name = _unique("chatstore_test")
+    clause = f' TEMPLATE "{template}"' if template else ""
+    await _admin(services, f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield services.admin_database_url.set(database=name, drivername="postgresql+asyncpg")
+    finally:
+        await _admin(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(services: Services, template_database: str) -> AsyncIterator[URL]:
+    """A database of this test's own, at the schema's head revision."""
+    async for url in _database(services, template_database):
+        yield url
+
+
+@pytest.fixture
+async def empty_database_url(services: Services) -> AsyncIterator[URL]:
+    """A database of this test's own with nothing in it."""
+    async for url in _database(services, None):
+        yield url
+
+
+@pytest.fixture
+async def amqp_url(services: Services) -> AsyncIterator[str]:
+    """A RabbitMQ vhost of this test's own, so fixed queue names never collide."""
+    vhost = _unique("chatstore_test")
+    user = services.amqp_url.split("://", 1)[1].split(":", 1)[0]
+    await services.rabbitmqctl(["add_vhost", vhost])
+    try:
+        await services.rabbitmqctl(["set_permissions", "-p", vhost, user, ".*", ".*", ".*"])
+        yield services.amqp_url.rstrip("/") + "/" + quote(vhost, safe="")
+    finally:
+        await services.rabbitmqctl(["delete_vhost", vhost])
+
+
+@pytest.fixture
+def services_admin_url(services: Services) -> URL:
+    """The superuser's URL to the maintenance database, for tests that make databases."""
+    return services.admin_database_url
+
+
+@pytest.fixture
+def services_amqp_url(services: Services) -> str:
+    """The broker's default vhost, shared with anything else running here."""
+    return services.amqp_url
