@@ -15,7 +15,7 @@ from typing import Final
 import asyncpg
 import structlog
 
-from worker import migrate
+from worker import app, migrate
 from worker.logs import configure_logging
 from worker.settings import ConfigurationError, Settings, load_settings
 
@@ -35,6 +35,10 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    return asyncio.run(app.run(settings))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatstore",
@@ -45,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "migrate", help="create the database if missing and upgrade the schema to head"
     ).set_defaults(run=_migrate)
+    commands.add_parser(
+        "worker", help="consume events into PostgreSQL until SIGTERM or SIGINT"
+    ).set_defaults(run=_worker)
     return parser
 
 

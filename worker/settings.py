@@ -7,9 +7,9 @@ the variable and never echoes a password.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Self
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -54,6 +54,30 @@ class Settings(BaseSettings):
     amqp_url: Annotated[str, AfterValidator(_amqp_url)] = "amqp://guest:guest@localhost:5672/"
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
+    batch_max_size: int = Field(default=500, ge=1, le=10_000)
+    batch_max_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    prefetch_count: int = Field(default=1000, ge=1, le=65_535)
+    delivery_limit: int = Field(default=20, ge=1)
+    drain_timeout_s: float = Field(default=20.0, gt=0)
+    retry_initial_ms: int = Field(default=100, ge=1)
+    retry_max_s: float = Field(default=5.0, gt=0)
+    watchdog_idle_s: float = Field(default=60.0, gt=0)
+    database_timeout_s: float = Field(default=30.0, gt=0)
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=9100, ge=0, le=65_535)
+    """Port of /metrics, /healthz and /readyz; 0 turns the server off."""
+
+    @model_validator(mode="after")
+    def _prefetch_covers_a_batch(self) -> Self:
+        if self.prefetch_count < self.batch_max_size:
+            # The broker would never hand over a full batch: every batch would
+            # close on the wait instead, and throughput would collapse.
+            raise ValueError(
+                f"CHATSTORE_PREFETCH_COUNT ({self.prefetch_count}) must be at least "
+                f"CHATSTORE_BATCH_MAX_SIZE ({self.batch_max_size})"
+            )
+        return self
+
     @property
     def sqlalchemy_url(self) -> URL:
         """The database URL with the asyncpg driver, whatever scheme was given."""
@@ -69,6 +93,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]
-        variable = ENV_PREFIX + ".".join(str(part) for part in first["loc"]).upper()
         message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across fields names its variables itself
+            raise ConfigurationError(message) from None
+        variable = ENV_PREFIX + ".".join(str(part) for part in first["loc"]).upper()
         raise ConfigurationError(f"{variable}: {message}") from None

@@ -1,0 +1,222 @@
+"""The composition root: builds the engine, connections and consumer, and runs them.
+
+Lifecycle of ``chatstore worker``:
+- connect to RabbitMQ (retrying with backoff), declare the topology, consume;
+- on a lost broker connection: drop everything tied to the dead channel
+  (its delivery tags are void; the broker redelivers them) and reconnect;
+- on SIGTERM or SIGINT: stop consuming, finish the batch being written, return
+  the rest to the queue, close, exit 0, all within ``drain_timeout_s``;
+- on a fatal error (our bug, our configuration): exit 1 without draining the
+  queue into the DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Final, cast
+
+import aio_pika
+import aiormq
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from worker import topology
+from worker.backoff import Backoff
+from worker.batch import BatchPolicy
+from worker.consumer import BrokerLostError, Consumer, WatchdogError
+from worker.deadletter import DeadLetterRefusedError
+from worker.faults import Fault, classify
+from worker.flush import FatalError, Flusher
+from worker.health import HealthServer, Readiness
+from worker.metrics import Metrics
+from worker.settings import Settings
+
+log = structlog.get_logger("chatstore.worker")
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+
+# Failures of the broker connection that a reconnect can cure.
+_BROKER_LOST = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelNotFoundEntity,  # a queue deleted under us: redeclare
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    BrokerLostError,
+    DeadLetterRefusedError,
+)
+# Failures a reconnect cannot cure: wrong credentials, permissions, or a queue
+# declared elsewhere with other arguments.
+_BROKER_FATAL = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelPreconditionFailed,
+)
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    # One batch is written at a time; a second connection serves the split of
+    # a refused batch's halves without waiting for the first to return.
+    return create_async_engine(
+        settings.sqlalchemy_url,
+        pool_size=2,
+        max_overflow=0,
+        connect_args={"command_timeout": settings.database_timeout_s},
+    )
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Run the worker until ``stop`` is set (or a signal arrives); returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    metrics = Metrics()
+    readiness = Readiness()
+    health = HealthServer(metrics.registry, readiness)
+    if settings.http_port:
+        port = await health.start(settings.http_host, settings.http_port)
+        log.info("http.listening", port=port, paths=["/metrics", "/healthz", "/readyz"])
+    engine = create_engine(settings)
+    worker = _Worker(settings, engine, metrics, readiness)
+    try:
+        return await worker.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await engine.dispose()
+        await health.close()
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    if not stop.is_set():
+        log.info("worker.stopping", signal=signal.Signals(signum).name)
+    stop.set()
+
+
+class _Worker:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, metrics: Metrics, readiness: Readiness
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._metrics = metrics
+        self._readiness = readiness
+        self._backoff = Backoff(settings.retry_initial_ms / 1000, settings.retry_max_s)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        session = asyncio.create_task(self._sessions(stop), name="worker-sessions")
+        stopping = asyncio.create_task(stop.wait(), name="worker-stop")
+        try:
+            await asyncio.wait({session, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not session.done():
+                # Stopping: the drain has drain_timeout_s from the signal on.
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(session), timeout=self._settings.drain_timeout_s
+                    )
+                except TimeoutError:
+                    session.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await session
+                    log.error(
+                        "worker.drain_timeout",
+                        drain_timeout_s=self._settings.drain_timeout_s,
+                        note="unacknowledged deliveries return to the queue",
+                    )
+                    return EXIT_FAILURE
+            return session.result()
+        finally:
+            stopping.cancel()
+
+    async def _sessions(self, stop: asyncio.Event) -> int:
+        """Connect, consume, and reconnect after broker failures, until stopped."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._check_database(stop)
+                await self._session(stop)
+                return EXIT_OK
+            except FatalError as error:
+                log.error("worker.fatal", error=str(error), note="the queue is left as it is")
+                return EXIT_FAILURE
+            except WatchdogError as error:
+                log.error("worker.stuck", error=str(error))
+                return EXIT_FAILURE
+            except _BROKER_FATAL as error:
+                log.error("broker.refused", error=_short(error))
+                return EXIT_FAILURE
+            except _BROKER_LOST as error:
+                self._readiness.broker = False
+                self._metrics.ready.set(0)
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning("broker.lost", error=_short(error), reconnect_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        return EXIT_OK
+
+    async def _check_database(self, stop: asyncio.Event) -> None:
+        """Wait for the database, and fail fast if the schema is not there."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                async with self._engine.connect() as connection:
+                    await connection.execute(text("SELECT 1 FROM conversations, messages LIMIT 0"))
+            except Exception as error:
+                if classify(error) is not Fault.TRANSIENT:
+                    raise FatalError(
+                        f"database not usable ({_short(error)}); did `chatstore migrate` run?"
+                    ) from error
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning("database.unreachable", error=_short(error), retry_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            else:
+                self._readiness.database = True
+                return
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        settings = self._settings
+        connection = await aio_pika.connect(settings.amqp_url, timeout=30)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=settings.prefetch_count)
+            await topology.declare(channel, delivery_limit=settings.delivery_limit)
+            dead_letters = await connection.channel(publisher_confirms=True)
+            flusher = Flusher(
+                self._engine,
+                await dead_letters.get_underlay_channel(),
+                backoff=self._backoff,
+                metrics=self._metrics,
+                readiness=self._readiness,
+            )
+            consumer = Consumer(
+                cast(aiormq.Channel, await channel.get_underlay_channel()),
+                topology.QUEUE,
+                flusher,
+                policy=BatchPolicy(settings.batch_max_size, settings.batch_max_wait_ms / 1000),
+                readiness=self._readiness,
+                watchdog_idle_s=settings.watchdog_idle_s,
+            )
+            self._metrics.ready.set(int(self._readiness.ready))
+            log.info(
+                "worker.consuming",
+                queue=topology.QUEUE,
+                prefetch=settings.prefetch_count,
+                batch_max_size=settings.batch_max_size,
+            )
+            await consumer.run(stop)
+        log.info("worker.stopped")
+
+
+def _short(error: BaseException) -> str:
+    """A one-line description of an error, with no URL (URLs may carry passwords)."""
+    message = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {message}"[:300]

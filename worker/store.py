@@ -1,0 +1,249 @@
+"""Writing a batch of events into PostgreSQL: one transaction, the rules in SQL.
+
+The order of work inside the transaction is what makes concurrent workers safe:
+
+1. Which users exist (an event of an unknown user is refused, not inserted).
+2. Every conversation of the batch is inserted or, if it exists, locked, in
+   one statement in id order. Two workers therefore lock conversations in the
+   same order and cannot deadlock, and a conversation new to both gets exactly
+   one owner: the second insert waits for the first and finds its row.
+3. The owners are read back (the rows are ours now); an event of another user
+   is ``ownership_mismatch``.
+4. Messages are inserted with ``ON CONFLICT (id) DO NOTHING``, in id order. A
+   message that was not inserted is compared with the stored row in SQL
+   (jsonb equality, timestamps as instants): identical is a duplicate, anything
+   else a ``conflict``.
+5. Each conversation's timestamps and status are updated from the events that
+   were accepted, with ``LEAST``/``GREATEST``, so arrival order cannot matter,
+   and an archived conversation stays archived.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import AnyEvent, ConversationArchived, MessageCreated, Reason, Rejection
+
+_KNOWN_USERS = text("SELECT id FROM users WHERE id = ANY(CAST(:ids AS varchar[]))")
+
+# DO UPDATE ... WHERE false updates nothing but locks the existing row, so one
+# statement takes every conversation's lock, in id order.
+_INSERT_OR_LOCK_CONVERSATIONS = text("""
+    INSERT INTO conversations AS c (id, user_id)
+    SELECT t.id, t.user_id
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:user_ids AS varchar[])) AS t(id, user_id)
+    ORDER BY t.id
+    ON CONFLICT (id) DO UPDATE SET status = c.status WHERE false
+    RETURNING c.id
+""")
+
+_OWNERS = text("SELECT id, user_id FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))")
+
+# WITH ORDINALITY and the sort on it: of two rows with one id in a batch, the
+# earlier one is inserted and the later one compared with it.
+_INSERT_MESSAGES = text("""
+    INSERT INTO messages (id, conversation_id, user_id, role, content, metadata, created_at)
+    SELECT t.id, t.conversation_id, t.user_id, t.role, t.content, t.metadata, t.created_at
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:conversation_ids AS uuid[]), CAST(:user_ids AS varchar[]),
+        CAST(:roles AS varchar[]), CAST(:contents AS text[]), CAST(:metadata AS jsonb[]),
+        CAST(:created_at AS timestamptz[])
+    ) WITH ORDINALITY
+        AS t(id, conversation_id, user_id, role, content, metadata, created_at, position)
+    ORDER BY t.id, t.position
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+""")
+
+_SAME_AS_STORED = text("""
+    SELECT t.position,
+           m.conversation_id = t.conversation_id
+           AND m.user_id = t.user_id
+           AND m.role = t.role
+           AND m.content = t.content
+           AND m.metadata IS NOT DISTINCT FROM t.metadata
+           AND m.created_at = t.created_at AS same
+    FROM unnest(
+        CAST(:positions AS integer[]), CAST(:ids AS uuid[]),
+        CAST(:conversation_ids AS uuid[]), CAST(:user_ids AS varchar[]),
+        CAST(:roles AS varchar[]), CAST(:contents AS text[]), CAST(:metadata AS jsonb[]),
+        CAST(:created_at AS timestamptz[])
+    ) AS t(position, id, conversation_id, user_id, role, content, metadata, created_at)
+    JOIN messages AS m ON m.id = t.id
+""")
+
+_UPDATE_CONVERSATIONS = text("""
+    UPDATE conversations AS c SET
+        created_at = LEAST(c.created_at, f.first_at),
+        updated_at = GREATEST(c.updated_at, f.last_at),
+        status = CASE WHEN f.archived THEN 'archived' ELSE c.status END
+    FROM (
+        SELECT t.id, min(t.at) AS first_at, max(t.at) AS last_at, bool_or(t.archived) AS archived
+        FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[]), CAST(:archived AS boolean[])
+        ) AS t(id, at, archived)
+        GROUP BY t.id
+    ) AS f
+    WHERE c.id = f.id
+""")
+
+_DELETE_UNUSED = text("DELETE FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))")
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one batch did; ``rejections`` maps an event's position to its refusal."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    archived: int = 0
+    rejections: dict[int, Rejection] = field(default_factory=dict)
+
+    def merge(self, other: WriteResult, offset: int) -> None:
+        """Add ``other``, whose positions start at ``offset`` in this result's batch."""
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.archived += other.archived
+        for position, rejection in other.rejections.items():
+            self.rejections[offset + position] = rejection
+
+
+async def write_batch(engine: AsyncEngine, events: Sequence[AnyEvent]) -> WriteResult:
+    """Store ``events`` in one transaction; returns once it has committed."""
+    async with engine.begin() as connection:
+        return await _write(connection, events)
+
+
+def _metadata_json(metadata: dict[str, Any] | None) -> str | None:
+    if metadata is None:
+        return None
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _write(connection: AsyncConnection, events: Sequence[AnyEvent]) -> WriteResult:
+    result = WriteResult()
+    user_ids = sorted({event.data.user_id for event in events})
+    known_users = set((await connection.execute(_KNOWN_USERS, {"ids": user_ids})).scalars())
+
+    # Owner from first sight: the first event (in delivery order) of a known user.
+    first_user: dict[UUID, str] = {}
+    for position, event in enumerate(events):
+        if event.data.user_id not in known_users:
+            result.rejections[position] = Rejection(
+                Reason.UNKNOWN_USER, f"user {event.data.user_id[:255]!r} does not exist"
+            )
+        else:
+            first_user.setdefault(event.data.conversation_id, event.data.user_id)
+    if not first_user:
+        return result
+
+    conversation_ids = list(first_user)
+    created = set(
+        (
+            await connection.execute(
+                _INSERT_OR_LOCK_CONVERSATIONS,
+                {"ids": conversation_ids, "user_ids": list(first_user.values())},
+            )
+        ).scalars()
+    )
+    owners: dict[UUID, str] = {
+        row.id: row.user_id for row in await connection.execute(_OWNERS, {"ids": conversation_ids})
+    }
+
+    messages: list[tuple[int, MessageCreated]] = []
+    archives: list[tuple[int, ConversationArchived]] = []
+    for position, event in enumerate(events):
+        if position in result.rejections:
+            continue
+        owner = owners[event.data.conversation_id]
+        if event.data.user_id != owner:
+            result.rejections[position] = Rejection(
+                Reason.OWNERSHIP_MISMATCH,
+                f"conversation {event.data.conversation_id} belongs to another user",
+            )
+        elif isinstance(event, MessageCreated):
+            messages.append((position, event))
+        else:
+            archives.append((position, event))
+
+    accepted: list[tuple[UUID, datetime, bool]] = [
+        (event.data.conversation_id, event.data.archived_at, True) for _, event in archives
+    ]
+    result.archived = len(archives)
+    if messages:
+        accepted += await _insert_messages(connection, messages, result)
+
+    if accepted:
+        ids, ats, archived = zip(*accepted, strict=True)
+        await connection.execute(
+            _UPDATE_CONVERSATIONS, {"ids": list(ids), "ats": list(ats), "archived": list(archived)}
+        )
+    # A conversation this batch created for events that were all refused
+    # (conflicts) must not be left behind empty.
+    unused = created - {conversation_id for conversation_id, _, _ in accepted}
+    if unused:
+        await connection.execute(_DELETE_UNUSED, {"ids": list(unused)})
+    return result
+
+
+def _message_columns(messages: Sequence[tuple[int, MessageCreated]]) -> dict[str, list[Any]]:
+    return {
+        "ids": [event.data.message_id for _, event in messages],
+        "conversation_ids": [event.data.conversation_id for _, event in messages],
+        "user_ids": [event.data.user_id for _, event in messages],
+        "roles": [event.data.role for _, event in messages],
+        "contents": [event.data.content for _, event in messages],
+        "metadata": [_metadata_json(event.data.metadata) for _, event in messages],
+        "created_at": [event.data.created_at for _, event in messages],
+    }
+
+
+async def _insert_messages(
+    connection: AsyncConnection,
+    messages: list[tuple[int, MessageCreated]],
+    result: WriteResult,
+) -> list[tuple[UUID, datetime, bool]]:
+    """Insert; classify the ones not inserted; return the accepted ones' facts."""
+    columns = _message_columns(messages)
+    inserted_ids = set((await connection.execute(_INSERT_MESSAGES, columns)).scalars())
+    # Of two events with one message id in this batch, only the first can be
+    # "inserted"; the second is compared with it like any earlier row.
+    fresh: set[UUID] = set()
+    collided: list[tuple[int, MessageCreated]] = []
+    for position, event in messages:
+        message_id = event.data.message_id
+        if message_id in inserted_ids and message_id not in fresh:
+            fresh.add(message_id)
+        else:
+            collided.append((position, event))
+    result.inserted = len(fresh)
+
+    same: dict[int, bool] = {}
+    if collided:
+        rows = await connection.execute(
+            _SAME_AS_STORED,
+            {"positions": [position for position, _ in collided]} | _message_columns(collided),
+        )
+        same = {row.position: row.same for row in rows}
+    for position, event in collided:
+        if same.get(position):
+            result.duplicates += 1
+        else:
+            result.rejections[position] = Rejection(
+                Reason.CONFLICT,
+                f"message {event.data.message_id} was stored before with other "
+                "content, conversation, user, role, metadata or time",
+            )
+    return [
+        (event.data.conversation_id, event.data.created_at, False)
+        for position, event in messages
+        if position not in result.rejections
+    ]
