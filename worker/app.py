@@ -70,11 +70,18 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
-    """Run the worker until ``stop`` is set (or a signal arrives); returns the exit code."""
+async def run(
+    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+) -> int:
+    """Run the worker until ``stop`` is set (or SIGTERM/SIGINT); returns the exit code.
+
+    ``handle_signals=False`` leaves the process's signals alone, for running
+    several workers in one process (tests, benchmarks).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    for signum in signals:
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     metrics = Metrics()
     readiness = Readiness()
@@ -87,7 +94,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     try:
         return await worker.run(stop)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
         await engine.dispose()
         await health.close()

@@ -1,0 +1,196 @@
+"""Driving a real worker in tests: publishing, reading queues and tables, waiting on state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from sqlalchemy.engine import URL
+
+from tests.db import fetch_all
+from tests.events import body as encode
+from worker import app, topology
+from worker.settings import Settings
+
+
+def worker_settings(database_url: URL, amqp_url: str, **overrides: Any) -> Settings:
+    """Settings for a worker on a test's own database and vhost."""
+    values: dict[str, Any] = {
+        "database_url": database_url.render_as_string(hide_password=False),
+        "amqp_url": amqp_url,
+        "http_port": 0,
+        "retry_initial_ms": 50,
+        "retry_max_s": 0.5,
+        "watchdog_idle_s": 5.0,
+        "drain_timeout_s": 10.0,
+    }
+    return Settings(**(values | overrides))
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The process environment that gives a ``chatstore worker`` these settings."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CHATSTORE_")}
+    for name, value in settings.model_dump().items():
+        environment[f"CHATSTORE_{name.upper()}"] = str(value)
+    return environment
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str = "a condition"
+) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def publish(
+    amqp_url: str,
+    events: Iterable[dict[str, Any] | bytes],
+    *,
+    routing_key: str = "message.created",
+    **properties: Any,
+) -> None:
+    """Publish to ``chat.events`` with confirms, routed by each event's type."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topology.EXCHANGE)
+        confirmations = []
+        for event in events:
+            raw = event if isinstance(event, bytes) else encode(event)
+            key = routing_key if isinstance(event, bytes) else event["type"]
+            message = aio_pika.Message(
+                raw, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **properties
+            )
+            confirmations.append(exchange.publish(message, routing_key=key))
+            if len(confirmations) >= 500:
+                await asyncio.gather(*confirmations)
+                confirmations.clear()
+        await asyncio.gather(*confirmations)
+
+
+async def declare_topology(amqp_url: str, delivery_limit: int = 20) -> None:
+    async with await aio_pika.connect(amqp_url) as connection:
+        await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
+
+
+async def queue_depth(amqp_url: str, queue: str) -> int:
+    """Messages ready in ``queue`` (not counting unacknowledged ones)."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    body: bytes
+    headers: dict[str, Any]
+    message: aio_pika.abc.AbstractIncomingMessage
+
+    @property
+    def reason(self) -> str:
+        return str(self.headers.get("x-chatstore-reason"))
+
+
+async def take_dead_letters(amqp_url: str) -> list[DeadLetter]:
+    """Every message in the DLQ, removed from it."""
+    letters = []
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        dlq = await channel.declare_queue(topology.DLQ, passive=True)
+        while (message := await dlq.get(fail=False)) is not None:
+            letters.append(DeadLetter(message.body, dict(message.headers or {}), message))
+            await message.ack()
+    return letters
+
+
+async def count(database_url: URL, table: str) -> int:
+    rows = await fetch_all(database_url, f"SELECT count(*) AS n FROM {table}")
+    return int(rows[0]["n"])
+
+
+async def add_users(database_url: URL, *users: str) -> None:
+    await fetch_all(
+        database_url,
+        "INSERT INTO users (id) SELECT unnest($1::varchar[]) ON CONFLICT DO NOTHING",
+        list(users),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[asyncio.Task[int]]:
+    """A worker in this process, stopped (drained) on exit; yields its task."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(settings, stop, handle_signals=False))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=settings.drain_timeout_s + 5)
+
+
+class WorkerProcess:
+    """A real ``chatstore worker`` process, for signals and crashes."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self._environment = worker_environment(settings)
+        self._log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self._log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker"],
+            env=self._environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def send(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return await asyncio.to_thread(self.process.wait, timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self._log_path.read_text(errors="replace")
+
+
+def table_has(database_url: URL, table: str, rows: int) -> Callable[[], Awaitable[bool]]:
+    """A check for :func:`wait_for`: ``table`` holds exactly ``rows`` rows."""
+
+    async def check() -> bool:
+        return await count(database_url, table) == rows
+
+    return check
+
+
+def queue_has(amqp_url: str, queue: str, messages: int) -> Callable[[], Awaitable[bool]]:
+    """A check for :func:`wait_for`: ``queue`` holds exactly ``messages`` ready messages."""
+
+    async def check() -> bool:
+        return await queue_depth(amqp_url, queue) == messages
+
+    return check
