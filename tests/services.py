@@ -40,6 +40,7 @@ class Services:
     admin_database_url: URL  # a superuser's URL to the maintenance database
     amqp_url: str  # the broker's URL, vhost "/"
     rabbitmqctl: Callable[[list[str]], Any]
+    postgres_control: Callable[[str], Any]  # "stop" or "start", awaited
     _containers: list[Any] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -71,6 +72,27 @@ def _local_rabbitmqctl(args: list[str]) -> Any:
     return run()
 
 
+def _local_postgres_control(action: str) -> Any:
+    """Stop or start the local Debian cluster (for outage tests)."""
+
+    async def run() -> None:
+        versions = sorted(
+            os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")]
+        )
+        command = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", action]
+        if action == "stop":
+            command += ["--mode", "fast"]
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await process.communicate()
+        already = action == "start" and process.returncode == 2  # it was running
+        if process.returncode != 0 and not already:
+            raise RuntimeError(f"{' '.join(command)}: {stderr.decode().strip()}")
+
+    return run()
+
+
 def discover() -> Services:
     """The services to test against, or a UsageError naming what to start."""
     database_env, amqp_env = os.environ.get(DATABASE_ENV), os.environ.get(AMQP_ENV)
@@ -81,9 +103,13 @@ def discover() -> Services:
                 f"{AMQP_ENV} is set, but the tests make a vhost per test with rabbitmqctl, "
                 "which is not on PATH"
             )
-        return Services(make_url(database_env), amqp_env, _local_rabbitmqctl)
+        return Services(
+            make_url(database_env), amqp_env, _local_rabbitmqctl, _local_postgres_control
+        )
     if has_rabbitmqctl and _port_open("127.0.0.1", 5432) and _port_open("127.0.0.1", 5672):
-        return Services(make_url(LOCAL_DATABASE), LOCAL_AMQP, _local_rabbitmqctl)
+        return Services(
+            make_url(LOCAL_DATABASE), LOCAL_AMQP, _local_rabbitmqctl, _local_postgres_control
+        )
     if _docker_answers():
         return _start_containers()
     raise pytest.UsageError(HOW_TO_START)
@@ -117,4 +143,14 @@ def _start_containers() -> Services:
 
         return run()
 
-    return Services(database_url, amqp_url, container_rabbitmqctl, [postgres, rabbitmq])
+    def container_postgres_control(action: str) -> Any:
+        wrapped = postgres.get_wrapped_container()
+        return asyncio.to_thread(wrapped.stop if action == "stop" else wrapped.start)
+
+    return Services(
+        database_url,
+        amqp_url,
+        container_rabbitmqctl,
+        container_postgres_control,
+        [postgres, rabbitmq],
+    )
