@@ -46,13 +46,13 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str = "a condition"
+    check: Callable[[], Awaitable[bool]], *, within_s: float = 30, what: str = "a condition"
 ) -> None:
-    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll ``check`` until it holds; fail after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -165,9 +165,10 @@ class WorkerProcess:
         assert self.process is not None
         self.process.send_signal(signum)
 
-    async def wait(self, timeout: float = 30) -> int:
+    async def wait(self, within_s: float = 30) -> int:
+        """The exit code, once the process has ended."""
         assert self.process is not None
-        return await asyncio.to_thread(self.process.wait, timeout)
+        return await asyncio.to_thread(self.process.wait, within_s)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -14,7 +14,7 @@ from contracts import AnyEvent, ConversationArchived, MessageCreated, Reason, de
 from tests.db import fetch_all
 from tests.events import body, conversation_archived, message_created
 from tests.harness import add_users
-from worker.store import WriteResult, write_batch
+from worker.store import write_batch
 
 
 def event(raw: dict[str, object]) -> AnyEvent:
@@ -42,14 +42,13 @@ async def test_two_workers_racing_on_a_new_conversation_give_it_exactly_one_owne
         conversation_id = str(uuid.uuid4())
         alices = [event(message_created(conversation_id=conversation_id, user_id="alice"))]
         bobs = [event(message_created(conversation_id=conversation_id, user_id="bob"))]
-        results: list[WriteResult] = await asyncio.gather(
-            write_batch(first, alices), write_batch(second, bobs)
-        )
+        results = await asyncio.gather(write_batch(first, alices), write_batch(second, bobs))
         refusals = [r.rejections.get(0) for r in results]
         winners = [index for index, refusal in enumerate(refusals) if refusal is None]
         assert len(winners) == 1, refusals
         loser = refusals[1 - winners[0]]
-        assert loser is not None and loser.reason is Reason.OWNERSHIP_MISMATCH
+        assert loser is not None
+        assert loser.reason is Reason.OWNERSHIP_MISMATCH
         (owner,) = await fetch_all(
             database_url,
             "SELECT user_id FROM conversations WHERE id = $1",

@@ -24,7 +24,6 @@ from tests.harness import (
     declare_topology,
     publish,
     queue_depth,
-    queue_has,
     running_worker,
     table_has,
     take_dead_letters,
@@ -33,7 +32,6 @@ from tests.harness import (
 )
 from tests.services import Services
 from worker import app, topology
-from worker.settings import Settings
 
 EVENTS = 4000
 
@@ -119,7 +117,7 @@ async def test_a_database_outage_holds_the_batch_reports_not_ready_and_loses_not
         await asyncio.sleep(1)  # several retries while the database is down
         await services.postgres_control("start")
 
-        await wait_for(table_has(database_url, "messages", EVENTS), timeout=60)
+        await wait_for(table_has(database_url, "messages", EVENTS), within_s=60)
         assert (await asyncio.to_thread(http_get, port, "/readyz"))[0] == 200
         _, metrics = await asyncio.to_thread(http_get, port, "/metrics")
     retried = [
@@ -144,7 +142,7 @@ async def test_cutting_every_broker_connection_mid_stream_loses_and_doubles_noth
             ["close_all_connections", "-p", vhost_of(amqp_url), "test: cut mid-stream"]
         )
         assert await count(database_url, "messages") < EVENTS, "the cut came too late"
-        await wait_for(table_has(database_url, "messages", EVENTS), timeout=60)
+        await wait_for(table_has(database_url, "messages", EVENTS), within_s=60)
         assert not worker.done()
     assert "broker.lost" in capsys.readouterr().out
     await assert_all_stored_once_and_nothing_dead_lettered(database_url, amqp_url, published)
@@ -165,7 +163,7 @@ async def test_a_worker_killed_mid_batch_and_restarted_loses_and_doubles_nothing
         assert await count(database_url, "messages") < EVENTS
 
         worker.start()
-        await wait_for(table_has(database_url, "messages", EVENTS), timeout=60)
+        await wait_for(table_has(database_url, "messages", EVENTS), within_s=60)
         worker.send(signal.SIGTERM)
         assert await worker.wait() == 0, worker.log()
     finally:
@@ -184,7 +182,7 @@ async def test_sigterm_mid_stream_commits_what_it_holds_returns_the_rest_and_exi
     try:
         await wait_for(lambda: rows_between(database_url, 300, EVENTS), what="a stream under way")
         worker.send(signal.SIGTERM)
-        assert await worker.wait(timeout=settings.drain_timeout_s + 5) == 0, worker.log()
+        assert await worker.wait(within_s=settings.drain_timeout_s + 5) == 0, worker.log()
     finally:
         worker.kill()
     assert "consumer.drained" in worker.log()
@@ -195,7 +193,7 @@ async def test_sigterm_mid_stream_commits_what_it_holds_returns_the_rest_and_exi
     assert stored < EVENTS
 
     async with running_worker(settings):
-        await wait_for(table_has(database_url, "messages", EVENTS), timeout=60)
+        await wait_for(table_has(database_url, "messages", EVENTS), within_s=60)
     await assert_all_stored_once_and_nothing_dead_lettered(database_url, amqp_url, published)
 
 
