@@ -84,3 +84,16 @@ def test_the_cli_reports_a_bad_database_url_in_one_line_with_exit_code_2(tmp_pat
     assert result.stderr.startswith("chatstore: CHATSTORE_DATABASE_URL")
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_prefetch_below_the_batch_size_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATSTORE_BATCH_MAX_SIZE", "500")
+    monkeypatch.setenv("CHATSTORE_PREFETCH_COUNT", "499")
+    with pytest.raises(ConfigurationError, match=r"CHATSTORE_PREFETCH_COUNT \(499\) must be at least"):
+        load_settings()
+
+
+def test_a_prefetch_equal_to_the_batch_size_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATSTORE_BATCH_MAX_SIZE", "100")
+    monkeypatch.setenv("CHATSTORE_PREFETCH_COUNT", "100")
+    assert load_settings().prefetch_count == 100

@@ -85,6 +85,7 @@ async def run(
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     metrics = Metrics()
     readiness = Readiness()
+    metrics.ready.set_function(lambda: float(readiness.ready))
     health = HealthServer(metrics.registry, readiness)
     if settings.http_port:
         port = await health.start(settings.http_host, settings.http_port)
@@ -160,7 +161,6 @@ class _Worker:
                 return EXIT_FAILURE
             except _BROKER_LOST as error:
                 self._readiness.broker = False
-                self._metrics.ready.set(0)
                 delay = self._backoff.delay(attempt)
                 attempt += 1
                 log.warning("broker.lost", error=_short(error), reconnect_in_s=round(delay, 2))
@@ -212,7 +212,6 @@ class _Worker:
                 readiness=self._readiness,
                 watchdog_idle_s=settings.watchdog_idle_s,
             )
-            self._metrics.ready.set(int(self._readiness.ready))
             log.info(
                 "worker.consuming",
                 queue=topology.QUEUE,

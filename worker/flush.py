@@ -138,18 +138,15 @@ class Flusher:
                 await self._wait_to_retry(error, attempt)
                 attempt += 1
             else:
-                if not self._readiness.database:
+                if attempt:
                     self._readiness.database = True
-                    self._metrics.ready.set(int(self._readiness.ready))
-                    if attempt:
-                        log.info("database.recovered", retries=attempt)
+                    log.info("database.recovered", retries=attempt)
                 return result
 
     async def _wait_to_retry(self, error: BaseException, attempt: int) -> None:
         sqlstate = sqlstate_of(error)
         delay = self._backoff.delay(attempt)
         self._readiness.database = False
-        self._metrics.ready.set(0)
         self._metrics.retries.labels(sqlstate or "none").inc()
         log.warning(
             "batch.retry",

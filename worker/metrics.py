@@ -45,6 +45,7 @@ class Metrics:
         )
         self.ready = Gauge(
             "chatstore_ready",
-            "1 while connected to both servers and writing; 0 while retrying or reconnecting.",
+            "1 while connected to both servers and writing; 0 while retrying or reconnecting "
+            "(read from the readiness state at each scrape).",
             registry=self.registry,
         )
