@@ -89,7 +89,8 @@ def test_the_cli_reports_a_bad_database_url_in_one_line_with_exit_code_2(tmp_pat
 def test_a_prefetch_below_the_batch_size_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATSTORE_BATCH_MAX_SIZE", "500")
     monkeypatch.setenv("CHATSTORE_PREFETCH_COUNT", "499")
-    with pytest.raises(ConfigurationError, match=r"CHATSTORE_PREFETCH_COUNT \(499\) must be at least"):
+    expected = r"CHATSTORE_PREFETCH_COUNT \(499\) must be at least CHATSTORE_BATCH_MAX_SIZE"
+    with pytest.raises(ConfigurationError, match=expected):
         load_settings()
 
 
