@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import urllib.error
@@ -185,7 +186,10 @@ async def test_sigterm_mid_stream_commits_what_it_holds_returns_the_rest_and_exi
         assert await worker.wait(within_s=settings.drain_timeout_s + 5) == 0, worker.log()
     finally:
         worker.kill()
-    assert "consumer.drained" in worker.log()
+    log_lines = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
+    assert log_lines, "the worker logged nothing"
+    assert all("event" in line and "level" in line for line in log_lines)  # JSON, not a tty
+    assert any(line["event"] == "consumer.drained" for line in log_lines)
     stored = await count(database_url, "messages")
     # Every event is either committed or back in the queue, ready: none is
     # held, none lost, none both.
