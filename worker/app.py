@@ -21,12 +21,13 @@ import aio_pika
 import aiormq
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker import topology
 from worker.backoff import Backoff
 from worker.batch import BatchPolicy
 from worker.consumer import BrokerLostError, Consumer, WatchdogError
+from worker.database import create_engine
 from worker.deadletter import DeadLetterRefusedError
 from worker.faults import Fault, classify
 from worker.flush import FatalError, Flusher
@@ -57,17 +58,6 @@ _BROKER_FATAL = (
     aiormq.exceptions.ChannelAccessRefused,
     aiormq.exceptions.ChannelPreconditionFailed,
 )
-
-
-def create_engine(settings: Settings) -> AsyncEngine:
-    # One batch is written at a time; a second connection serves the split of
-    # a refused batch's halves without waiting for the first to return.
-    return create_async_engine(
-        settings.sqlalchemy_url,
-        pool_size=2,
-        max_overflow=0,
-        connect_args={"command_timeout": settings.database_timeout_s},
-    )
 
 
 async def run(
