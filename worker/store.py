@@ -3,19 +3,27 @@
 The order of work inside the transaction is what makes concurrent workers safe:
 
 1. Which users exist (an event of an unknown user is refused, not inserted).
-2. Every conversation of the batch is inserted or, if it exists, locked, in
-   one statement in id order. Two workers therefore lock conversations in the
-   same order and cannot deadlock, and a conversation new to both gets exactly
-   one owner: the second insert waits for the first and finds its row.
-3. The owners are read back (the rows are ours now); an event of another user
+2. Which messages are stored already: each is compared with the stored row in
+   SQL (jsonb equality, timestamps as instants). Identical is a duplicate,
+   anything else a ``conflict``; neither touches its conversation.
+3. Every conversation of the remaining events is inserted or, if it exists,
+   locked, in one statement in id order. Two workers therefore lock
+   conversations in the same order and cannot deadlock, and a conversation new
+   to both gets exactly one owner: the second insert waits for the first and
+   finds its row.
+4. The owners are read back (the rows are ours now); an event of another user
    is ``ownership_mismatch``.
-4. Messages are inserted with ``ON CONFLICT (id) DO NOTHING``, in id order. A
-   message that was not inserted is compared with the stored row in SQL
-   (jsonb equality, timestamps as instants): identical is a duplicate, anything
-   else a ``conflict``.
-5. Each conversation's timestamps and status are updated from the events that
+5. Messages are inserted with ``ON CONFLICT (id) DO NOTHING``, in id order. One
+   that was not inserted (the same id twice in this batch, or a concurrent
+   worker's insert since step 2) is compared like in step 2.
+6. Each conversation's timestamps and status are updated from the events that
    were accepted, with ``LEAST``/``GREATEST``, so arrival order cannot matter,
    and an archived conversation stays archived.
+
+The worker never deletes: its database role needs SELECT, INSERT and UPDATE
+only. The one leftover this allows is a conversation created in step 3 whose
+only event then turned out, in step 5, to conflict with a message another
+worker stored at that very moment: it stays, without timestamps.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contracts import AnyEvent, ConversationArchived, MessageCreated, Reason, Rejection
+from contracts import AnyEvent, MessageCreated, Reason, Rejection
 
 _KNOWN_USERS = text("SELECT id FROM users WHERE id = ANY(CAST(:ids AS varchar[]))")
 
@@ -42,7 +50,6 @@ _INSERT_OR_LOCK_CONVERSATIONS = text("""
     FROM unnest(CAST(:ids AS uuid[]), CAST(:user_ids AS varchar[])) AS t(id, user_id)
     ORDER BY t.id
     ON CONFLICT (id) DO UPDATE SET status = c.status WHERE false
-    RETURNING c.id
 """)
 
 _OWNERS = text("SELECT id, user_id FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))")
@@ -95,8 +102,6 @@ _UPDATE_CONVERSATIONS = text("""
     WHERE c.id = f.id
 """)
 
-_DELETE_UNUSED = text("DELETE FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))")
-
 
 @dataclass(slots=True)
 class WriteResult:
@@ -106,6 +111,8 @@ class WriteResult:
     duplicates: int = 0
     archived: int = 0
     rejections: dict[int, Rejection] = field(default_factory=dict)
+    # Positions already stored identically: nothing left to do for them.
+    settled: set[int] = field(default_factory=set)
 
     def merge(self, other: WriteResult, offset: int) -> None:
         """Add ``other``, whose positions start at ``offset`` in this result's batch."""
@@ -114,6 +121,7 @@ class WriteResult:
         self.archived += other.archived
         for position, rejection in other.rejections.items():
             self.rejections[offset + position] = rejection
+        self.settled.update(offset + position for position in other.settled)
 
 
 async def write_batch(engine: AsyncEngine, events: Sequence[AnyEvent]) -> WriteResult:
@@ -132,65 +140,60 @@ async def _write(connection: AsyncConnection, events: Sequence[AnyEvent]) -> Wri
     result = WriteResult()
     user_ids = sorted({event.data.user_id for event in events})
     known_users = set((await connection.execute(_KNOWN_USERS, {"ids": user_ids})).scalars())
-
-    # Owner from first sight: the first event (in delivery order) of a known user.
-    first_user: dict[UUID, str] = {}
     for position, event in enumerate(events):
         if event.data.user_id not in known_users:
             result.rejections[position] = Rejection(
                 Reason.UNKNOWN_USER, f"user {event.data.user_id[:255]!r} does not exist"
             )
-        else:
+
+    messages = [
+        (position, event)
+        for position, event in enumerate(events)
+        if isinstance(event, MessageCreated) and position not in result.rejections
+    ]
+    if messages:
+        await _compare_with_stored(connection, messages, result, settled_only=False)
+
+    # Owner from first sight: the first remaining event (in delivery order).
+    first_user: dict[UUID, str] = {}
+    for position, event in enumerate(events):
+        if position not in result.rejections and position not in result.settled:
             first_user.setdefault(event.data.conversation_id, event.data.user_id)
     if not first_user:
         return result
 
     conversation_ids = list(first_user)
-    created = set(
-        (
-            await connection.execute(
-                _INSERT_OR_LOCK_CONVERSATIONS,
-                {"ids": conversation_ids, "user_ids": list(first_user.values())},
-            )
-        ).scalars()
+    await connection.execute(
+        _INSERT_OR_LOCK_CONVERSATIONS,
+        {"ids": conversation_ids, "user_ids": list(first_user.values())},
     )
     owners: dict[UUID, str] = {
         row.id: row.user_id for row in await connection.execute(_OWNERS, {"ids": conversation_ids})
     }
 
-    messages: list[tuple[int, MessageCreated]] = []
-    archives: list[tuple[int, ConversationArchived]] = []
+    new_messages: list[tuple[int, MessageCreated]] = []
+    accepted: list[tuple[UUID, datetime, bool]] = []
     for position, event in enumerate(events):
-        if position in result.rejections:
+        if position in result.rejections or position in result.settled:
             continue
-        owner = owners[event.data.conversation_id]
-        if event.data.user_id != owner:
+        if event.data.user_id != owners[event.data.conversation_id]:
             result.rejections[position] = Rejection(
                 Reason.OWNERSHIP_MISMATCH,
                 f"conversation {event.data.conversation_id} belongs to another user",
             )
         elif isinstance(event, MessageCreated):
-            messages.append((position, event))
+            new_messages.append((position, event))
         else:
-            archives.append((position, event))
-
-    accepted: list[tuple[UUID, datetime, bool]] = [
-        (event.data.conversation_id, event.data.archived_at, True) for _, event in archives
-    ]
-    result.archived = len(archives)
-    if messages:
-        accepted += await _insert_messages(connection, messages, result)
+            result.archived += 1
+            accepted.append((event.data.conversation_id, event.data.archived_at, True))
+    if new_messages:
+        accepted += await _insert_messages(connection, new_messages, result)
 
     if accepted:
         ids, ats, archived = zip(*accepted, strict=True)
         await connection.execute(
             _UPDATE_CONVERSATIONS, {"ids": list(ids), "ats": list(ats), "archived": list(archived)}
         )
-    # A conversation this batch created for events that were all refused
-    # (conflicts) must not be left behind empty.
-    unused = created - {conversation_id for conversation_id, _, _ in accepted}
-    if unused:
-        await connection.execute(_DELETE_UNUSED, {"ids": list(unused)})
     return result
 
 
@@ -212,8 +215,9 @@ async def _insert_messages(
     result: WriteResult,
 ) -> list[tuple[UUID, datetime, bool]]:
     """Insert; classify the ones not inserted; return the accepted ones' facts."""
-    columns = _message_columns(messages)
-    inserted_ids = set((await connection.execute(_INSERT_MESSAGES, columns)).scalars())
+    inserted_ids = set(
+        (await connection.execute(_INSERT_MESSAGES, _message_columns(messages))).scalars()
+    )
     # Of two events with one message id in this batch, only the first can be
     # "inserted"; the second is compared with it like any earlier row.
     fresh: set[UUID] = set()
@@ -224,26 +228,42 @@ async def _insert_messages(
             fresh.add(message_id)
         else:
             collided.append((position, event))
-    result.inserted = len(fresh)
-
-    same: dict[int, bool] = {}
+    result.inserted += len(fresh)
     if collided:
-        rows = await connection.execute(
-            _SAME_AS_STORED,
-            {"positions": [position for position, _ in collided]} | _message_columns(collided),
-        )
-        same = {row.position: row.same for row in rows}
-    for position, event in collided:
+        await _compare_with_stored(connection, collided, result, settled_only=True)
+    return [
+        (event.data.conversation_id, event.data.created_at, False)
+        for position, event in messages
+        if position not in result.rejections
+    ]
+
+
+async def _compare_with_stored(
+    connection: AsyncConnection,
+    messages: list[tuple[int, MessageCreated]],
+    result: WriteResult,
+    *,
+    settled_only: bool,
+) -> None:
+    """Mark messages whose id is stored already as duplicates or conflicts.
+
+    With ``settled_only``, every message is known to be stored (its insert did
+    nothing), and one missing from the join is a conflict all the same.
+    """
+    rows = await connection.execute(
+        _SAME_AS_STORED,
+        {"positions": [position for position, _ in messages]} | _message_columns(messages),
+    )
+    same = {row.position: row.same for row in rows}
+    for position, event in messages:
+        if position not in same and not settled_only:
+            continue  # not stored yet: a new message
         if same.get(position):
             result.duplicates += 1
+            result.settled.add(position)
         else:
             result.rejections[position] = Rejection(
                 Reason.CONFLICT,
                 f"message {event.data.message_id} was stored before with other "
                 "content, conversation, user, role, metadata or time",
             )
-    return [
-        (event.data.conversation_id, event.data.created_at, False)
-        for position, event in messages
-        if position not in result.rejections
-    ]
