@@ -105,16 +105,21 @@ class DeadLetter:
         return str(self.headers.get("x-chatstore-reason"))
 
 
-async def take_dead_letters(amqp_url: str) -> list[DeadLetter]:
-    """Every message in the DLQ, removed from it."""
+async def take_all(amqp_url: str, queue: str) -> list[DeadLetter]:
+    """Every message in ``queue``, removed from it."""
     letters = []
     async with await aio_pika.connect(amqp_url) as connection:
         channel = await connection.channel()
-        dlq = await channel.declare_queue(topology.DLQ, passive=True)
-        while (message := await dlq.get(fail=False)) is not None:
+        declared = await channel.declare_queue(queue, passive=True)
+        while (message := await declared.get(fail=False)) is not None:
             letters.append(DeadLetter(message.body, dict(message.headers or {}), message))
             await message.ack()
     return letters
+
+
+async def take_dead_letters(amqp_url: str) -> list[DeadLetter]:
+    """Every message in the DLQ, removed from it."""
+    return await take_all(amqp_url, topology.DLQ)
 
 
 async def count(database_url: URL, table: str) -> int:
