@@ -16,6 +16,8 @@ import asyncpg
 import structlog
 
 from worker import app, migrate
+from worker.dlq import inspect as dlq_inspect
+from worker.dlq import replay as dlq_replay
 from worker.logs import configure_logging
 from worker.settings import ConfigurationError, Settings, load_settings
 
@@ -39,6 +41,72 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     return asyncio.run(app.run(settings))
 
 
+def _dlq_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    summary = asyncio.run(dlq_inspect.inspect(settings.amqp_url, samples_per_reason=args.samples))
+    print(dlq_inspect.render(summary, as_json=args.json))
+    return EXIT_OK
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    report = asyncio.run(
+        dlq_replay.replay(
+            settings.amqp_url,
+            selection=dlq_replay.ReplayFilter(reason=args.reason, event_type=args.type),
+            limit=args.limit,
+            dry_run=args.dry_run,
+            rate_per_s=args.rate,
+            max_replays=args.max_replays,
+        )
+    )
+    print(dlq_replay.render(report, as_json=args.json))
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _add_dlq_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    inspect = actions.add_parser(
+        "inspect", help="count dead letters by reason and show samples; changes nothing"
+    )
+    inspect.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    inspect.add_argument(
+        "--samples", type=int, default=2, metavar="N", help="samples per reason (default 2)"
+    )
+    inspect.set_defaults(run=_dlq_inspect)
+
+    replay = actions.add_parser("replay", help="move dead letters back to chat.events")
+    replay.add_argument("--reason", help="only letters with this reason, e.g. unknown_user")
+    replay.add_argument("--type", help="only events of this type, e.g. message.created")
+    replay.add_argument("--limit", type=_positive_int, metavar="N", help="replay at most N")
+    replay.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    replay.add_argument(
+        "--rate", type=_positive_float, metavar="R", help="at most R letters per second"
+    )
+    replay.add_argument(
+        "--max-replays",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="loop guard: leave letters already replayed N times (default 3)",
+    )
+    replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    replay.set_defaults(run=_dlq_replay)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatstore",
@@ -52,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "worker", help="consume events into PostgreSQL until SIGTERM or SIGINT"
     ).set_defaults(run=_worker)
+    _add_dlq_commands(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Final
 
 import aiormq
@@ -20,6 +21,8 @@ from worker.topology import DLQ
 
 REASON_HEADER: Final = "x-chatstore-reason"
 DETAIL_HEADER: Final = "x-chatstore-detail"
+# When the worker dead-lettered it: lets operators see the oldest and newest.
+DEAD_LETTERED_AT_HEADER: Final = "x-chatstore-dead-lettered-at"
 
 
 class DeadLetterRefusedError(Exception):
@@ -36,6 +39,7 @@ def dead_letter_properties(original: Basic.Properties, rejection: Rejection) -> 
     headers = dict(original.headers or {})
     headers[REASON_HEADER] = rejection.reason.value
     headers[DETAIL_HEADER] = rejection.detail
+    headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat()
     return Basic.Properties(
         content_type=original.content_type,
         content_encoding=original.content_encoding,

@@ -1,0 +1,1 @@
+"""Operator tools for the dead-letter queue: inspect it, replay from it."""
