@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from worker import app, migrate
+from worker.demo.run import run_demo
 from worker.dlq import inspect as dlq_inspect
 from worker.dlq import replay as dlq_replay
 from worker.logs import configure_logging
@@ -60,6 +61,18 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     )
     print(dlq_replay.render(report, as_json=args.json))
     return EXIT_OK
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(
+        run_demo(
+            settings,
+            messages=args.messages,
+            conversations=args.conversations,
+            users=args.users,
+            rate_per_s=args.rate,
+        )
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -121,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="consume events into PostgreSQL until SIGTERM or SIGINT"
     ).set_defaults(run=_worker)
     _add_dlq_commands(commands)
+    demo = commands.add_parser(
+        "demo", help="publish a realistic stream to a running worker and summarise the result"
+    )
+    demo.add_argument("--messages", type=_positive_int, default=5000, metavar="N")
+    demo.add_argument("--conversations", type=_positive_int, default=300, metavar="N")
+    demo.add_argument("--users", type=_positive_int, default=40, metavar="N")
+    demo.add_argument(
+        "--rate", type=_positive_float, default=1000.0, metavar="R", help="events per second"
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 

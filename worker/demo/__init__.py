@@ -1,0 +1,1 @@
+"""``chatstore demo``: a realistic stream through the real worker, then a summary."""
