@@ -29,7 +29,9 @@ MAX_BODY_BYTES: Final = 2 * 1024 * 1024
 MAX_BODY_DEPTH: Final = 2 + METADATA_MAX_DEPTH
 """Envelope (1) > data (2) > metadata, which may nest 32 levels itself."""
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# Possessive quantifiers, and an unclosed string runs to the end of the text:
+# no backtracking, so a body of many escaped quotes is linear, not quadratic.
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _EMPTY_PAIR = re.compile(r"\[\]|\{\}")
 # Only these escapes can put a NUL or a lone surrogate into a parsed string

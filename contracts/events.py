@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, Self
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -50,9 +51,20 @@ def _require_rfc3339(value: object) -> object:
     return value
 
 
+def _representable_in_utc(value: datetime) -> datetime:
+    # 0001-01-01T00:00:00+01:00 is a valid offset time that has no UTC
+    # equivalent in Python, and the database driver could not send it.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+    return value
+
+
 Timestamp = Annotated[
     AwareDatetime,
     BeforeValidator(_require_rfc3339),
+    AfterValidator(_representable_in_utc),
     Field(json_schema_extra={"format": "date-time"}),
 ]
 UserId = Annotated[str, Field(min_length=1, max_length=USER_ID_MAX_CHARS)]

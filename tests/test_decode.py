@@ -104,6 +104,8 @@ def test_bodies_that_are_not_a_json_object_are_malformed(raw: bytes, needle: str
         ("created_at", 1763806530),  # a Unix time is not RFC 3339
         ("created_at", "1763806530"),
         ("created_at", "yesterday"),
+        ("created_at", "0001-01-01T00:00:00+01:00"),  # before year 1 in UTC
+        ("created_at", "9999-12-31T23:59:59-01:00"),  # after year 9999 in UTC
     ],
 )
 def test_ill_typed_message_fields_are_invalid(field: str, value: object) -> None:
@@ -289,8 +291,10 @@ def test_large_but_valid_integers_are_kept_exactly() -> None:
         b"[" * 500_000 + b"]" * 500_000,
         b'{"a":' * 200_000 + b"1" + b"}" * 200_000,
         b"[]" * (MAX_BODY_BYTES // 2),
+        b'"' + b'\\"' * 900_000,  # a regex that backtracks would take hours
+        b'{"a": [' + b'"\\"",' * 200_000 + b"1]}",
     ],
-    ids=["unclosed", "deep-array", "deep-object", "wide"],
+    ids=["unclosed", "deep-array", "deep-object", "wide", "escaped-quotes", "many-strings"],
 )
 def test_hostile_bodies_are_refused_quickly_in_bounded_memory(raw: bytes) -> None:
     tracemalloc.start()

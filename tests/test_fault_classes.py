@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import asyncpg
 import pytest
 from sqlalchemy.exc import DBAPIError
@@ -42,6 +44,10 @@ def wrapped(error: BaseException) -> DBAPIError:
         (asyncpg.InvalidPasswordError("password authentication failed"), Fault.FATAL),
         (asyncpg.PostgresSyntaxError("syntax error"), Fault.FATAL),
         (RuntimeError("a bug of ours"), Fault.FATAL),
+        (asyncpg.ProtocolViolationError("bind message supplies 2 parameters"), Fault.FATAL),
+        (ssl.SSLCertVerificationError("certificate verify failed"), Fault.FATAL),
+        (asyncpg.ReadOnlySQLTransactionError("read-only transaction"), Fault.TRANSIENT),
+        (asyncpg.DiskFullError("no space left"), Fault.TRANSIENT),
     ],
 )
 def test_errors_are_classified_bare_and_as_sqlalchemy_wraps_them(

@@ -40,23 +40,24 @@ log = structlog.get_logger("chatstore.worker")
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 
-# Failures of the broker connection that a reconnect can cure.
+# Failures a reconnect cannot cure: wrong credentials or permissions. (A
+# precondition failure is fatal only while declaring: see _declare.)
+_BROKER_FATAL = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.ChannelAccessRefused,
+)
+# Failures of the broker connection or channel that a reconnect can cure,
+# including a channel the broker closed (e.g. its consumer_timeout) and a
+# queue deleted under us (reconnecting declares it again).
 _BROKER_LOST = (
     aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.AMQPChannelError,
     aiormq.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.ChannelNotFoundEntity,  # a queue deleted under us: redeclare
     ConnectionError,
     OSError,
     TimeoutError,
     BrokerLostError,
     DeadLetterRefusedError,
-)
-# Failures a reconnect cannot cure: wrong credentials, permissions, or a queue
-# declared elsewhere with other arguments.
-_BROKER_FATAL = (
-    aiormq.exceptions.ProbableAuthenticationError,
-    aiormq.exceptions.ChannelAccessRefused,
-    aiormq.exceptions.ChannelPreconditionFailed,
 )
 
 
@@ -138,6 +139,8 @@ class _Worker:
         while not stop.is_set():
             try:
                 await self._check_database(stop)
+                if stop.is_set():
+                    break
                 await self._session(stop)
                 return EXIT_OK
             except FatalError as error:
@@ -185,7 +188,7 @@ class _Worker:
         async with connection:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=settings.prefetch_count)
-            await topology.declare(channel, delivery_limit=settings.delivery_limit)
+            await _declare(channel, settings.delivery_limit)
             dead_letters = await connection.channel(publisher_confirms=True)
             flusher = Flusher(
                 self._engine,
@@ -210,6 +213,16 @@ class _Worker:
             )
             await consumer.run(stop)
         log.info("worker.stopped")
+
+
+async def _declare(channel: aio_pika.abc.AbstractChannel, delivery_limit: int) -> None:
+    try:
+        await topology.declare(channel, delivery_limit=delivery_limit)
+    except aiormq.exceptions.ChannelPreconditionFailed as error:
+        raise FatalError(
+            f"the broker has {topology.QUEUE} or {topology.DLQ} with other arguments "
+            f"({_short(error)}): keep CHATSTORE_DELIVERY_LIMIT as it was, or delete the queue"
+        ) from error
 
 
 def _short(error: BaseException) -> str:

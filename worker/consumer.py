@@ -57,17 +57,23 @@ class Consumer:
         self._failure: BaseException | None = None
         self._flushing = False
         self._paused = False
+        self._stop = asyncio.Event()
+        # Pause, resume, the watchdog and the drain all change whether the
+        # channel consumes: one at a time, each deciding on fresh state.
+        self._consuming = asyncio.Lock()
         self._last_delivery = asyncio.get_running_loop().time()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then settle or return everything held."""
+        self._stop = stop
         self._channel.closing.add_done_callback(lambda _: self._wake.set())
         helpers = [
             asyncio.create_task(self._wake_on(stop), name="consumer-stop"),
             asyncio.create_task(self._watchdog(), name="consumer-watchdog"),
         ]
         try:
-            await self._start_consuming()
+            async with self._consuming:
+                await self._start_consuming()
             await self._loop(stop)
             await self._drain()
         finally:
@@ -105,8 +111,10 @@ class Consumer:
             finally:
                 self._flushing = False
             if self._paused:
-                await self._start_consuming()
-                self._paused = False
+                async with self._consuming:
+                    self._paused = False
+                    self._last_delivery = asyncio.get_running_loop().time()
+                    await self._start_consuming()
                 log.info("consumer.resumed")
 
     async def _collect(self) -> list[Delivery]:
@@ -124,25 +132,34 @@ class Consumer:
                 return batch
 
     async def _start_consuming(self) -> None:
+        """Consume, unless already consuming, paused or stopping (hold the lock)."""
+        if self._consumer_tag is not None or self._paused or self._stop.is_set():
+            return
         result = await self._channel.basic_consume(self._queue, self._on_delivery, no_ack=False)
         self._consumer_tag = result.consumer_tag
         self._readiness.broker = True
 
-    async def _pause(self) -> None:
-        """While the database is down: take no new deliveries, so other workers can."""
-        if not self._paused:
-            self._paused = True
-            await self._stop_consuming()
-            log.warning("consumer.paused", reason="database unavailable; holding the batch")
-
     async def _stop_consuming(self) -> None:
+        """Cancel the consumer; unacknowledged deliveries stay ours (hold the lock)."""
         tag, self._consumer_tag = self._consumer_tag, None
         if tag is not None and not self._channel.is_closed:
             await self._channel.basic_cancel(tag)
 
+    async def _pause(self) -> None:
+        """While the database is down: take no new deliveries, so other workers can."""
+        # The batch being retried belongs to this channel: if it died, its
+        # deliveries are void and the retry is pointless. Reconnect instead.
+        self._check_alive()
+        async with self._consuming:
+            if not self._paused:
+                self._paused = True
+                await self._stop_consuming()
+                log.warning("consumer.paused", reason="database unavailable; holding the batch")
+
     async def _drain(self) -> None:
         """Stop deliveries and return the ones not started to the queue."""
-        await self._stop_consuming()
+        async with self._consuming:
+            await self._stop_consuming()
         await asyncio.sleep(0)  # deliveries sent before the cancel took effect
         returned = self._pending.take_all()
         if returned and not self._channel.is_closed:
@@ -180,13 +197,16 @@ class Consumer:
                         f"{declared.message_count} messages wait in {self._queue} but none "
                         f"arrived for {self._watchdog_idle_s * strikes:.0f} s"
                     )
-                log.warning(
-                    "watchdog.consume_again",
-                    waiting=declared.message_count,
-                    cancelled_by_broker=cancelled_by_broker,
-                )
-                await self._stop_consuming()
-                await self._start_consuming()
+                async with self._consuming:
+                    if self._flushing or self._paused or self._pending:
+                        continue  # things moved while we looked: not stuck
+                    log.warning(
+                        "watchdog.consume_again",
+                        waiting=declared.message_count,
+                        cancelled_by_broker=cancelled_by_broker,
+                    )
+                    await self._stop_consuming()
+                    await self._start_consuming()
             except asyncio.CancelledError:
                 raise
             except BaseException as error:  # handed to the loop, which raises it

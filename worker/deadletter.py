@@ -77,6 +77,9 @@ async def publish_dead_letters(
         return_exceptions=True,
     )
     for result in results:
+        if isinstance(result, aiormq.exceptions.DeliveryError | asyncio.CancelledError):
+            # Nacked by the broker, or its confirm was lost: not safe, do not ack.
+            raise DeadLetterRefusedError(f"a dead letter was not confirmed: {result!r}"[:300])
         if isinstance(result, BaseException):
             raise result
         if not isinstance(result, Basic.Ack):  # a Basic.Return: the DLQ is gone

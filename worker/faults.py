@@ -10,25 +10,35 @@
 
 from __future__ import annotations
 
+import ssl
 from enum import StrEnum
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 # SQLSTATEs worth waiting out, by exact code or two-character class.
-_TRANSIENT_CLASSES = frozenset({"08", "53"})  # connection exception, insufficient resources
+_TRANSIENT_CLASSES = frozenset(
+    {
+        "08",  # connection exception (but see _FATAL_CODES)
+        "53",  # insufficient resources: too many connections, disk full, out of memory
+        "58",  # system error: I/O errors on the server
+    }
+)
 _TRANSIENT_CODES = frozenset(
     {
         "40001",  # serialization_failure
+        "40003",  # statement_completion_unknown: the commit's outcome is unknown
         "40P01",  # deadlock_detected
+        "25006",  # read_only_sql_transaction: a replica, right after a failover
         "55P03",  # lock_not_available
         "57P01",  # admin_shutdown: a restart or failover
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now: starting up
         "57014",  # query_canceled: statement_timeout, or a cancelled query
-        "58000",  # system_error, e.g. an I/O error on the server
     }
 )
+# Would never pass by waiting: a misconfigured pooler or protocol bug.
+_FATAL_CODES = frozenset({"08P01"})  # protocol_violation
 # Caused by the data of an event: integrity (23) and data exceptions (22).
 _DATA_CLASSES = frozenset({"22", "23"})
 
@@ -58,16 +68,29 @@ def sqlstate_of(error: BaseException) -> str | None:
     return None
 
 
+def constraint_of(error: BaseException) -> str | None:
+    """The name of the constraint PostgreSQL reported as violated, if any."""
+    for link in _chain(error):
+        name = getattr(link, "constraint_name", None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
 def classify(error: BaseException) -> Fault:
     """Which of the three kinds of failure ``error`` is; unknown ones are fatal."""
     code = sqlstate_of(error)
     if code is not None:
+        if code in _FATAL_CODES:
+            return Fault.FATAL
         if code in _TRANSIENT_CODES or code[:2] in _TRANSIENT_CLASSES:
             return Fault.TRANSIENT
         if code[:2] in _DATA_CLASSES:
             return Fault.DATA
         return Fault.FATAL
     for link in _chain(error):
+        if isinstance(link, ssl.SSLError):  # an OSError, but a configuration problem
+            return Fault.FATAL
         if isinstance(link, DBAPIError) and link.connection_invalidated:
             return Fault.TRANSIENT
         # Refused, reset, timed out, or closed under us.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
 
 import aiormq
 import structlog
@@ -20,7 +21,7 @@ from contracts import AnyEvent, Reason, Rejection, decode
 from worker.backoff import Backoff
 from worker.deadletter import publish_dead_letters
 from worker.delivery import Delivery, delivery_tag
-from worker.faults import Fault, classify, sqlstate_of
+from worker.faults import Fault, classify, constraint_of, sqlstate_of
 from worker.health import Readiness
 from worker.metrics import Metrics
 from worker.store import WriteResult, write_batch
@@ -34,12 +35,17 @@ class FatalError(Exception):
     """Our bug or our configuration: stop, and leave the queue as it is."""
 
 
+REFUSALS_IN_A_ROW_LIMIT: Final = 50
+"""Events refused by PostgreSQL one after another, with none stored between,
+after which the worker stops: that is our bug or our schema, not bad data."""
+
+
 class _RefusedDataError(Exception):
     """PostgreSQL refused the batch because of some event's data."""
 
-    def __init__(self, sqlstate: str | None, description: str) -> None:
+    def __init__(self, description: str, *, refused_user: bool) -> None:
         super().__init__(description)
-        self.sqlstate = sqlstate
+        self.refused_user = refused_user
 
 
 def _describe_database_error(error: BaseException) -> str:
@@ -47,6 +53,17 @@ def _describe_database_error(error: BaseException) -> str:
     cause = getattr(error, "orig", None) or error
     message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     return f"{sqlstate or type(error).__name__}: {message}"
+
+
+def _log_orphaned_settle(settling: asyncio.Future[None]) -> None:
+    if settling.cancelled():
+        return
+    if (error := settling.exception()) is not None:
+        log.warning(
+            "batch.unsettled",
+            error=f"{type(error).__name__}: {error}"[:300],
+            note="committed; the broker redelivers it and the write is idempotent",
+        )
 
 
 class Flusher:
@@ -66,6 +83,7 @@ class Flusher:
         self._backoff = backoff
         self._metrics = metrics
         self._readiness = readiness
+        self._refusals_in_a_row = 0
 
     async def flush(self, batch: Sequence[Delivery], *, on_retry: OnRetry | None = None) -> None:
         """Store, dead-letter and acknowledge ``batch`` (deliveries of one channel, in order).
@@ -89,7 +107,14 @@ class Flusher:
         for event_position, rejection in result.rejections.items():
             rejections[positions[event_position]] = rejection
 
-        await asyncio.shield(self._settle(batch, rejections))
+        settling = asyncio.ensure_future(self._settle(batch, rejections))
+        try:
+            await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            # Cancelled from outside (a drain that ran out of time): the settle
+            # finishes or fails on its own; its outcome is logged, not lost.
+            settling.add_done_callback(_log_orphaned_settle)
+            raise
         self._record(batch, events, result, rejections, committed_at, started)
 
     async def _settle(self, batch: Sequence[Delivery], rejections: dict[int, Rejection]) -> None:
@@ -107,9 +132,14 @@ class Flusher:
             return await self._write_retrying(events, on_retry)
         except _RefusedDataError as fault:
             if len(events) == 1:
+                self._refusals_in_a_row += 1
+                if self._refusals_in_a_row >= REFUSALS_IN_A_ROW_LIMIT:
+                    raise FatalError(
+                        f"PostgreSQL refused {self._refusals_in_a_row} events in a row "
+                        f"and stored none; the last: {fault}"
+                    ) from fault
                 # A foreign key on users: the user was deleted since we looked.
-                refused_user = fault.sqlstate == "23503" and "_users" in str(fault)
-                reason = Reason.UNKNOWN_USER if refused_user else Reason.INVALID
+                reason = Reason.UNKNOWN_USER if fault.refused_user else Reason.INVALID
                 return WriteResult(
                     rejections={0: Rejection(reason, f"PostgreSQL refused it: {fault}")}
                 )
@@ -128,12 +158,17 @@ class Flusher:
             except Exception as error:
                 fault = classify(error)
                 if fault is Fault.DATA:
+                    constraint = constraint_of(error) or ""
                     raise _RefusedDataError(
-                        sqlstate_of(error), _describe_database_error(error)
+                        _describe_database_error(error),
+                        refused_user=sqlstate_of(error) == "23503"
+                        and constraint.endswith("_users"),
                     ) from error
                 if fault is Fault.FATAL:
                     raise FatalError(_describe_database_error(error)) from error
-                if on_retry is not None:
+                # One failure may be a stale pooled connection; a second one
+                # means the database is away: give the deliveries back meanwhile.
+                if attempt >= 1 and on_retry is not None:
                     await on_retry()
                 await self._wait_to_retry(error, attempt)
                 attempt += 1
@@ -141,6 +176,8 @@ class Flusher:
                 if attempt:
                     self._readiness.database = True
                     log.info("database.recovered", retries=attempt)
+                if len(result.rejections) < len(events):
+                    self._refusals_in_a_row = 0
                 return result
 
     async def _wait_to_retry(self, error: BaseException, attempt: int) -> None:

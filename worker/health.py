@@ -67,7 +67,7 @@ class HealthServer:
                 + body
             )
             await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
+        except (TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
+            pass  # a client that hung up, stalled, or sent an over-long line
         finally:
             writer.close()
