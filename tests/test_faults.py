@@ -33,6 +33,7 @@ from tests.harness import (
 )
 from tests.services import Services
 from worker import app, topology
+from worker.flush import REFUSALS_IN_A_ROW_LIMIT
 
 EVENTS = 4000
 
@@ -261,3 +262,22 @@ async def test_the_worker_consumes_again_after_the_broker_cancels_its_consumer(
         await publish(amqp_url, events(10))
         await wait_for(table_has(database_url, "messages", 20))
         assert not worker.done()
+
+
+@pytest.mark.usefixtures("prepared")
+async def test_a_database_refusing_every_event_stops_the_worker_before_it_drains_the_queue(
+    database_url: URL, amqp_url: str
+) -> None:
+    # Every insert violates this: it looks like bad data, but it is the schema.
+    await fetch_all(
+        database_url, "ALTER TABLE messages ADD CONSTRAINT refuse_all CHECK (content = '')"
+    )
+    await publish(amqp_url, events(300))
+    settings = worker_settings(database_url, amqp_url)
+    exit_code = await asyncio.wait_for(
+        app.run(settings, asyncio.Event(), handle_signals=False), timeout=60
+    )
+    assert exit_code == 1
+    dead = await queue_depth(amqp_url, topology.DLQ)
+    assert dead < REFUSALS_IN_A_ROW_LIMIT
+    assert dead + await queue_depth(amqp_url, topology.QUEUE) == 300
