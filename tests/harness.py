@@ -153,10 +153,13 @@ class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self._environment = worker_environment(settings)
         self._log_path = log_path
+        self._logs: list[Path] = []  # one per start
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        log = self._log_path.open("ab")
+        path = self._log_path.with_suffix(f".{len(self._logs)}{self._log_path.suffix}")
+        self._logs.append(path)
+        log = path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "worker", "worker"],
             env=self._environment,
@@ -180,8 +183,17 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
 
+    async def wait_consuming(self, within_s: float = 30) -> None:
+        """Until the latest start logs that it consumes (its signal handlers are set)."""
+
+        async def consuming() -> bool:
+            return "worker.consuming" in self._logs[-1].read_text(errors="replace")
+
+        await wait_for(consuming, within_s=within_s, what="the worker consuming")
+
     def log(self) -> str:
-        return self._log_path.read_text(errors="replace")
+        """Everything every start of this worker logged, in order."""
+        return "".join(path.read_text(errors="replace") for path in self._logs)
 
 
 def table_has(database_url: URL, table: str, rows: int) -> Callable[[], Awaitable[bool]]:

@@ -194,6 +194,9 @@ async def test_three_workers_sigkilled_repeatedly_store_exactly_what_was_publish
         done.set()
         await killing
         for worker in workers:
+            # A worker restarted a moment ago may still be importing, before
+            # its signal handlers exist: SIGTERM would just kill it.
+            await worker.wait_consuming()
             worker.send(signal.SIGTERM)
         exit_codes = [await worker.wait(within_s=30) for worker in workers]
     finally:

@@ -56,12 +56,21 @@ _OWNERS = text("SELECT id, user_id FROM conversations WHERE id = ANY(CAST(:ids A
 
 # WITH ORDINALITY and the sort on it: of two rows with one id in a batch, the
 # earlier one is inserted and the later one compared with it.
-_INSERT_MESSAGES = text("""
+# The batch's metadata arrive as one JSON array (one dumps call per batch);
+# this turns it back into a jsonb[] in order, a JSON null into SQL NULL.
+_METADATA = """ARRAY(
+            SELECT NULLIF(m.value, 'null') FROM jsonb_array_elements(CAST(:metadata AS jsonb))
+                WITH ORDINALITY AS m(value, n)
+            ORDER BY m.n
+        )"""
+
+_INSERT_MESSAGES = text(f"""
     INSERT INTO messages (id, conversation_id, user_id, role, content, metadata, created_at)
     SELECT t.id, t.conversation_id, t.user_id, t.role, t.content, t.metadata, t.created_at
     FROM unnest(
         CAST(:ids AS uuid[]), CAST(:conversation_ids AS uuid[]), CAST(:user_ids AS varchar[]),
-        CAST(:roles AS varchar[]), CAST(:contents AS text[]), CAST(:metadata AS jsonb[]),
+        CAST(:roles AS varchar[]), CAST(:contents AS text[]),
+        {_METADATA},
         CAST(:created_at AS timestamptz[])
     ) WITH ORDINALITY
         AS t(id, conversation_id, user_id, role, content, metadata, created_at, position)
@@ -70,7 +79,7 @@ _INSERT_MESSAGES = text("""
     RETURNING id
 """)
 
-_SAME_AS_STORED = text("""
+_SAME_AS_STORED = text(f"""
     SELECT t.position,
            m.conversation_id = t.conversation_id
            AND m.user_id = t.user_id
@@ -81,7 +90,8 @@ _SAME_AS_STORED = text("""
     FROM unnest(
         CAST(:positions AS integer[]), CAST(:ids AS uuid[]),
         CAST(:conversation_ids AS uuid[]), CAST(:user_ids AS varchar[]),
-        CAST(:roles AS varchar[]), CAST(:contents AS text[]), CAST(:metadata AS jsonb[]),
+        CAST(:roles AS varchar[]), CAST(:contents AS text[]),
+        {_METADATA},
         CAST(:created_at AS timestamptz[])
     ) AS t(position, id, conversation_id, user_id, role, content, metadata, created_at)
     JOIN messages AS m ON m.id = t.id
@@ -128,12 +138,6 @@ async def write_batch(engine: AsyncEngine, events: Sequence[AnyEvent]) -> WriteR
     """Store ``events`` in one transaction; returns once it has committed."""
     async with engine.begin() as connection:
         return await _write(connection, events)
-
-
-def _metadata_json(metadata: dict[str, Any] | None) -> str | None:
-    if metadata is None:
-        return None
-    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
 
 
 async def _write(connection: AsyncConnection, events: Sequence[AnyEvent]) -> WriteResult:
@@ -197,14 +201,18 @@ async def _write(connection: AsyncConnection, events: Sequence[AnyEvent]) -> Wri
     return result
 
 
-def _message_columns(messages: Sequence[tuple[int, MessageCreated]]) -> dict[str, list[Any]]:
+def _message_columns(messages: Sequence[tuple[int, MessageCreated]]) -> dict[str, Any]:
     return {
         "ids": [event.data.message_id for _, event in messages],
         "conversation_ids": [event.data.conversation_id for _, event in messages],
         "user_ids": [event.data.user_id for _, event in messages],
         "roles": [event.data.role for _, event in messages],
         "contents": [event.data.content for _, event in messages],
-        "metadata": [_metadata_json(event.data.metadata) for _, event in messages],
+        "metadata": json.dumps(
+            [event.data.metadata for _, event in messages],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ),
         "created_at": [event.data.created_at for _, event in messages],
     }
 
