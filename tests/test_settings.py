@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from worker.database import connect_args, ssl_argument
 from worker.settings import ConfigurationError, Settings, load_settings
 
 
@@ -98,3 +100,130 @@ def test_a_prefetch_equal_to_the_batch_size_is_accepted(monkeypatch: pytest.Monk
     monkeypatch.setenv("CHATSTORE_BATCH_MAX_SIZE", "100")
     monkeypatch.setenv("CHATSTORE_PREFETCH_COUNT", "100")
     assert load_settings().prefetch_count == 100
+
+
+# --- transaction pooling and TLS (docs/DEPLOYMENT.md) ---
+
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_tls_and_pooling_defaults_change_nothing_for_a_direct_connection() -> None:
+    settings = load_settings()
+    assert settings.database_pool_mode == "session"
+    assert settings.database_sslmode == "prefer"  # libpq's default
+    arguments = connect_args(settings)
+    assert arguments == {"command_timeout": 30.0, "ssl": "prefer"}
+
+
+def test_transaction_pooling_turns_statement_caches_off_and_names_no_statement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATSTORE_DATABASE_POOL_MODE", "transaction")
+    arguments = connect_args(load_settings())
+    assert arguments["statement_cache_size"] == 0
+    assert arguments["prepared_statement_cache_size"] == 0
+    assert arguments["prepared_statement_name_func"]() == ""
+
+
+@pytest.mark.parametrize(
+    ("mode", "verify", "check_hostname"),
+    [
+        ("require", ssl.CERT_NONE, False),
+        ("verify-ca", ssl.CERT_REQUIRED, False),
+        ("verify-full", ssl.CERT_REQUIRED, True),
+    ],
+)
+def test_sslmodes_become_contexts_that_check_what_libpq_checks(
+    mode: str, verify: ssl.VerifyMode, check_hostname: bool
+) -> None:
+    context = ssl_argument(Settings(database_sslmode=mode, database_sslrootcert=CA_BUNDLE))
+    assert isinstance(context, ssl.SSLContext)
+    assert (context.verify_mode, context.check_hostname) == (verify, check_hostname)
+
+
+def test_libpq_parameters_in_the_url_set_tls_and_leave_the_url() -> None:
+    url = f"postgresql://app:secret@db/x?sslmode=verify-full&sslrootcert={CA_BUNDLE}"
+    settings = Settings(database_url=url)
+    assert (settings.database_sslmode, settings.database_sslrootcert) == ("verify-full", CA_BUNDLE)
+    assert dict(settings.sqlalchemy_url.query) == {}  # asyncpg takes no sslmode keyword
+
+
+def test_a_variable_of_its_own_wins_over_the_urls_parameter() -> None:
+    settings = Settings(
+        database_url="postgresql://app@db/x?sslmode=require", database_sslmode="verify-full"
+    )
+    assert settings.database_sslmode == "verify-full"
+
+
+def test_amqp_certificates_are_written_into_the_url_for_aiormq() -> None:
+    settings = Settings(amqp_url="amqps://u:p@mq:5671/v?heartbeat=30", amqp_cafile=CA_BUNDLE)
+    assert settings.amqp_url == f"amqps://u:p@mq:5671/v?heartbeat=30&cafile={CA_BUNDLE}"
+    # Handing the settings on as text (a subprocess's environment) changes nothing.
+    assert Settings(**settings.model_dump()).amqp_url == settings.amqp_url
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("CHATSTORE_DATABASE_POOL_MODE", "statement", "'session' or 'transaction'"),
+        ("CHATSTORE_DATABASE_SSLMODE", "verify", "'verify-full'"),
+        ("CHATSTORE_DATABASE_SSLROOTCERT", "/nonexistent/hunter2.pem", "no readable file"),
+        ("CHATSTORE_AMQP_CAFILE", "/nonexistent/hunter2.pem", "no readable file"),
+    ],
+)
+def test_a_bad_tls_or_pooling_value_names_the_variable_only(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv("CHATSTORE_DATABASE_URL", "postgresql://app:hunter2@db/x")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.startswith(variable)
+    assert needle in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("environment", "needle"),
+    [
+        (
+            {"CHATSTORE_DATABASE_URL": "postgresql://a:hunter2@db/x?sslmode=on"},
+            "CHATSTORE_DATABASE_URL: sslmode must be one of",
+        ),
+        (
+            {"CHATSTORE_DATABASE_URL": "postgresql://a:hunter2@db/x?channel_binding=require"},
+            "CHATSTORE_DATABASE_URL: parameter 'channel_binding' is not supported",
+        ),
+        (
+            {"CHATSTORE_DATABASE_URL": "postgresql://a:hunter2@db/x?sslrootcert=/hunter2"},
+            "CHATSTORE_DATABASE_URL: parameter sslrootcert names no readable file",
+        ),
+        (
+            {"CHATSTORE_DATABASE_SSLCERT": CA_BUNDLE},
+            "CHATSTORE_DATABASE_SSLCERT and _SSLKEY go together",
+        ),
+        (
+            {"CHATSTORE_AMQP_URL": "amqp://u:hunter2@mq/", "CHATSTORE_AMQP_CAFILE": CA_BUNDLE},
+            "need an amqps:// URL",
+        ),
+        (
+            {"CHATSTORE_AMQP_URL": "amqps://u:hunter2@mq/?cafile=/hunter2"},
+            "CHATSTORE_AMQP_URL: parameter cafile names no readable file",
+        ),
+        (
+            {"CHATSTORE_AMQP_URL": "amqps://u:hunter2@mq/", "CHATSTORE_AMQP_CERTFILE": CA_BUNDLE},
+            "CHATSTORE_AMQP_CERTFILE and _KEYFILE go together",
+        ),
+    ],
+)
+def test_inconsistent_tls_settings_are_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], needle: str
+) -> None:
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert needle in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+    assert "\n" not in str(raised.value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from typing import Final, cast
 
 import aio_pika
@@ -153,6 +154,9 @@ class _Worker:
                 log.error("broker.refused", error=_short(error))
                 return EXIT_FAILURE
             except _BROKER_LOST as error:
+                if _is_tls_failure(error):  # a certificate will not fix itself
+                    log.error("broker.tls_refused", error=_short(error))
+                    return EXIT_FAILURE
                 self._readiness.broker = False
                 delay = self._backoff.delay(attempt)
                 attempt += 1
@@ -223,6 +227,20 @@ async def _declare(channel: aio_pika.abc.AbstractChannel, delivery_limit: int) -
             f"the broker has {topology.QUEUE} or {topology.DLQ} with other arguments "
             f"({_short(error)}): keep CHATSTORE_DELIVERY_LIMIT as it was, or delete the queue"
         ) from error
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    """Whether a certificate or TLS handshake problem is behind ``error``."""
+    seen: list[BaseException] = []
+    pending: list[object] = [error]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, ssl.SSLError):
+            return True
+        if isinstance(item, BaseException) and item not in seen:
+            seen.append(item)
+            pending += [item.__cause__, item.__context__, *item.args]
+    return False
 
 
 def _short(error: BaseException) -> str:

@@ -12,14 +12,18 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
+import aiormq
 import asyncpg
 import structlog
+from sqlalchemy.engine import make_url
 
 from worker import app, migrate
+from worker.database import connect_args
 from worker.demo.run import run_demo
 from worker.dlq import inspect as dlq_inspect
 from worker.dlq import replay as dlq_replay
 from worker.logs import configure_logging
+from worker.redact import redact
 from worker.settings import ConfigurationError, Settings, load_settings
 
 EXIT_OK: Final = 0
@@ -30,10 +34,10 @@ log = structlog.get_logger("chatstore.cli")
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    url = settings.sqlalchemy_url
-    created = asyncio.run(migrate.ensure_database(url))
+    url, arguments = settings.sqlalchemy_url, connect_args(settings)
+    created = asyncio.run(migrate.ensure_database(url, arguments))
     log.info("database.ready", database=url.database, created=created)
-    migrate.upgrade(url)
+    migrate.upgrade(url, connect_args=arguments)
     log.info("schema.upgraded", database=url.database, revision="head")
     return EXIT_OK
 
@@ -91,6 +95,7 @@ def _positive_float(text: str) -> float:
 
 def _add_dlq_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
+    dlq.set_defaults(uses_database=False)
     actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     inspect = actions.add_parser(
         "inspect", help="count dead letters by reason and show samples; changes nothing"
@@ -126,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Stores chat events from RabbitMQ in PostgreSQL.",
         epilog="Configured by CHATSTORE_* environment variables (a .env file is read too).",
     )
+    # Which server an OSError (refused, reset, unreachable) is about.
+    parser.set_defaults(uses_database=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "migrate", help="create the database if missing and upgrade the schema to head"
@@ -155,25 +162,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"chatstore: {error}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=settings.secrets())
     run: Callable[[Settings, argparse.Namespace], int] = args.run
     try:
         return run(settings, args)
-    except (OSError, asyncpg.PostgresError) as error:
+    except (OSError, asyncpg.PostgresError, aiormq.exceptions.AMQPError) as error:
         # Connection failures: one line that names the server, never a password.
-        print(f"chatstore: {_describe_connection_error(error, settings)}", file=sys.stderr)
+        broker = isinstance(error, aiormq.exceptions.AMQPError) or (
+            isinstance(error, OSError) and not args.uses_database
+        )
+        where = _broker(settings) if broker else _database(settings)
+        reason = redact(str(error) or type(error).__name__, settings.secrets())
+        print(f"chatstore: cannot use {where}: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
 
-def _describe_connection_error(error: BaseException, settings: Settings) -> str:
+def _database(settings: Settings) -> str:
     url = settings.sqlalchemy_url
-    where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
-    reason = str(error) or type(error).__name__
-    if url.password:
-        reason = reason.replace(url.password, "***")
-    return f"cannot use {where}: {reason}"
+    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
+def _broker(settings: Settings) -> str:
+    url = make_url(
+        settings.amqp_url.replace("amqps://", "amqp://", 1).replace("amqp://", "x://", 1)
+    )
+    return f"RabbitMQ at {url.host or 'localhost'}:{url.port or 5672}/{url.database or ''}"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,65 @@
-"""The SQLAlchemy engine the worker writes through: one place for connection settings."""
+"""The SQLAlchemy engine the worker writes through: one place for connection settings.
+
+Two things are decided here rather than in the URL:
+
+- **TLS** (``CHATSTORE_DATABASE_SSLMODE`` and friends, libpq's meaning):
+  verify-ca and verify-full get an :class:`ssl.SSLContext` that checks the
+  server's certificate (and, for verify-full, its name); require encrypts
+  without checking, as libpq does.
+- **Transaction pooling** (``CHATSTORE_DATABASE_POOL_MODE=transaction``, for
+  PgBouncer or Neon's pooled endpoint): consecutive transactions of one
+  client may run on different server connections, so nothing may outlive a
+  transaction on the server. Prepared statements are the one thing asyncpg
+  and SQLAlchemy keep there; both caches go, and every statement is prepared
+  unnamed, so no name can collide with another client's and none is left
+  behind (asyncpg re-parses an unnamed statement in the same round trip that
+  runs it). The worker keeps no other session state: no SET, no advisory
+  locks, no temporary tables, no LISTEN.
+"""
 
 from __future__ import annotations
+
+import ssl
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from worker.settings import Settings
+
+
+def ssl_argument(settings: Settings) -> ssl.SSLContext | str:
+    """asyncpg's ``ssl`` argument for the configured sslmode and certificates."""
+    mode = settings.database_sslmode
+    if mode in ("disable", "allow", "prefer"):
+        return mode  # asyncpg implements these the way libpq does
+    context = ssl.create_default_context(cafile=settings.database_sslrootcert or None)
+    if settings.database_sslcert:
+        context.load_cert_chain(settings.database_sslcert, settings.database_sslkey)
+    if mode == "require":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif mode == "verify-ca":
+        context.check_hostname = False  # the chain is checked, the name is not
+    return context
+
+
+def _unnamed_statement() -> str:
+    return ""
+
+
+def connect_args(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for every asyncpg connection to the configured database."""
+    args: dict[str, Any] = {
+        "command_timeout": settings.database_timeout_s,
+        "ssl": ssl_argument(settings),
+    }
+    if settings.database_pool_mode == "transaction":
+        args |= {
+            "statement_cache_size": 0,  # asyncpg's own cache of named statements
+            "prepared_statement_cache_size": 0,  # SQLAlchemy's, on top of it
+            "prepared_statement_name_func": _unnamed_statement,
+        }
+    return args
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -17,5 +72,5 @@ def create_engine(settings: Settings) -> AsyncEngine:
         settings.sqlalchemy_url,
         pool_size=2,
         max_overflow=0,
-        connect_args={"command_timeout": settings.database_timeout_s},
+        connect_args=connect_args(settings),
     )

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 
 import structlog
+
+from worker.redact import RedactSecrets
 
 _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -19,8 +22,14 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 ]
 
 
-def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
-    """Send every log line to stderr, as JSON unless stderr is a terminal."""
+def configure_logging(
+    level: str = "INFO", *, json: bool | None = None, secrets: Iterable[str] = ()
+) -> None:
+    """Send every log line to stderr, as JSON unless stderr is a terminal.
+
+    Every line, ours and the libraries', passes through :class:`RedactSecrets`
+    last: URL passwords and the configured ``secrets`` never reach the output.
+    """
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.typing.Processor = (
@@ -40,7 +49,11 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_SHARED_PROCESSORS,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                RedactSecrets(secrets),
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
+from typing import Any
 
 import asyncpg
 from alembic import command
@@ -13,9 +15,14 @@ MIGRATIONS = files("worker") / "migrations"
 MAINTENANCE_DATABASE = "postgres"
 
 
-def alembic_config(url: URL) -> Config:
-    """An Alembic config for ``url`` that works from an installed package."""
+def alembic_config(url: URL, connect_args: Mapping[str, Any] | None = None) -> Config:
+    """An Alembic config for ``url`` that works from an installed package.
+
+    ``connect_args`` (TLS above all: see worker.database.connect_args) reach
+    the engine of worker/migrations/env.py through ``config.attributes``.
+    """
     config = Config()
+    config.attributes["connect_args"] = dict(connect_args or {})
     config.set_main_option("script_location", str(MIGRATIONS))
     # Alembic's config is an ini parser: a literal % must be doubled.
     config.set_main_option(
@@ -28,18 +35,27 @@ def _asyncpg_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def ensure_database(url: URL) -> bool:
+def _asyncpg_args(connect_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    # SQLAlchemy's own options (prepared_statement_*) mean nothing to asyncpg.
+    return {
+        k: v for k, v in (connect_args or {}).items() if not k.startswith("prepared_statement_")
+    }
+
+
+async def ensure_database(url: URL, connect_args: Mapping[str, Any] | None = None) -> bool:
     """Create the database ``url`` names if it does not exist; True if it was created.
 
     Connecting to it first means a managed database that exists already needs
     no access to the maintenance database.
     """
     try:
-        await (await asyncpg.connect(_asyncpg_dsn(url))).close()
+        await (await asyncpg.connect(_asyncpg_dsn(url), **_asyncpg_args(connect_args))).close()
         return False
     except asyncpg.InvalidCatalogNameError:
         pass
-    connection = await asyncpg.connect(_asyncpg_dsn(url.set(database=MAINTENANCE_DATABASE)))
+    connection = await asyncpg.connect(
+        _asyncpg_dsn(url.set(database=MAINTENANCE_DATABASE)), **_asyncpg_args(connect_args)
+    )
     try:
         quoted = '"' + str(url.database).replace('"', '""') + '"'
         try:
@@ -51,9 +67,11 @@ async def ensure_database(url: URL) -> bool:
         await connection.close()
 
 
-def upgrade(url: URL, revision: str = "head") -> None:
+def upgrade(
+    url: URL, revision: str = "head", connect_args: Mapping[str, Any] | None = None
+) -> None:
     """Upgrade the schema at ``url`` (blocking; call it outside an event loop)."""
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(url, connect_args), revision)
 
 
 def downgrade(url: URL, revision: str) -> None:

@@ -2,20 +2,42 @@
 
 Values come from ``CHATSTORE_*`` environment variables and a ``.env`` file.
 A bad value becomes :class:`ConfigurationError`, whose one-line message names
-the variable and never echoes a password.
+the variable and never echoes the value: a URL may hold a password.
+
+Transport security lives here too (see docs/DEPLOYMENT.md):
+
+- PostgreSQL TLS follows libpq: ``CHATSTORE_DATABASE_SSLMODE`` and the
+  certificate paths, or the same names as parameters of the URL
+  (``?sslmode=verify-full&sslrootcert=...``, the form managed databases hand
+  out). Variables set on their own win over the URL's parameters.
+- RabbitMQ TLS is an ``amqps://`` URL; ``CHATSTORE_AMQP_CAFILE``,
+  ``_CERTFILE`` and ``_KEYFILE`` are written into it as the query parameters
+  aiormq reads, so every connection the process makes gets them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Self
+import os
+from typing import Annotated, Any, Final, Literal, Self, get_args
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from worker.redact import redact_url, url_password
+
 ENV_PREFIX: Final = "CHATSTORE_"
 _POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SSL_MODES: Final[tuple[str, ...]] = get_args(SslMode)
+# libpq's TLS parameters, accepted in the database URL and moved out of it:
+# asyncpg takes none of them as a keyword, so SQLAlchemy must never see them.
+_LIBPQ_TLS: Final = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+# What aiormq reads from an amqps:// URL's query, by the setting that sets it.
+_AMQP_TLS: Final = {"amqp_cafile": "cafile", "amqp_certfile": "certfile", "amqp_keyfile": "keyfile"}
 
 
 class ConfigurationError(Exception):
@@ -31,6 +53,14 @@ def _postgres_url(value: str) -> str:
         raise ValueError(f"must start with postgresql://, not {url.drivername}://")
     if not url.database:
         raise ValueError("names no database (postgresql://user@host:5432/dbname)")
+    unknown = sorted(set(url.query) - set(_LIBPQ_TLS))
+    if unknown:  # a parameter's name is safe to show; its value may not be
+        raise ValueError(
+            f"parameter {unknown[0]!r} is not supported (only {', '.join(_LIBPQ_TLS)})"
+        )
+    mode = url.query.get("sslmode")
+    if mode is not None and mode not in SSL_MODES:
+        raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}")
     return value
 
 
@@ -39,6 +69,17 @@ def _amqp_url(value: str) -> str:
     if not sep or scheme not in {"amqp", "amqps"}:
         raise ValueError("must start with amqp:// or amqps://")
     return value
+
+
+def _readable_file(path: str) -> str:
+    # Checked at start, so a missing certificate is a configuration error
+    # (exit 2) rather than a connection failure retried forever.
+    if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise ValueError("names no readable file")
+    return path
+
+
+CertificatePath = Annotated[str, AfterValidator(_readable_file)]
 
 
 class Settings(BaseSettings):
@@ -67,6 +108,20 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9100, ge=0, le=65_535)
     """Port of /metrics, /healthz and /readyz; 0 turns the server off."""
 
+    database_pool_mode: Literal["session", "transaction"] = "session"
+    """``transaction`` behind PgBouncer's (or Neon's pooled) transaction pooling."""
+    database_sslmode: SslMode = "prefer"
+    # Empty means unset (not None: "None" would come back from the environment
+    # of a process these settings were handed to as text).
+    database_sslrootcert: CertificatePath = ""
+    """CA bundle for verify-ca/verify-full; empty: the system's trust store."""
+    database_sslcert: CertificatePath = ""
+    database_sslkey: CertificatePath = ""
+    amqp_cafile: CertificatePath = ""
+    """CA bundle for amqps://; empty: the system's trust store."""
+    amqp_certfile: CertificatePath = ""
+    amqp_keyfile: CertificatePath = ""
+
     @model_validator(mode="after")
     def _prefetch_covers_a_batch(self) -> Self:
         if self.prefetch_count < self.batch_max_size:
@@ -78,10 +133,66 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _database_tls(self) -> Self:
+        """Take libpq's TLS parameters from the URL for the variables not set."""
+        query = make_url(self.database_url).query
+        for name in _LIBPQ_TLS:
+            field = f"database_{name}"
+            value = query.get(name)
+            if isinstance(value, str) and field not in self.model_fields_set:
+                if name != "sslmode":
+                    try:
+                        _readable_file(value)
+                    except ValueError:
+                        raise ValueError(
+                            f"CHATSTORE_DATABASE_URL: parameter {name} names no readable file"
+                        ) from None
+                setattr(self, field, value)
+        if bool(self.database_sslcert) != bool(self.database_sslkey):
+            raise ValueError("CHATSTORE_DATABASE_SSLCERT and _SSLKEY go together: set both")
+        return self
+
+    @model_validator(mode="after")
+    def _amqp_tls(self) -> Self:
+        """Write the AMQP certificate settings into the URL, where aiormq reads them."""
+        parts = urlsplit(self.amqp_url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        given = {p: v for f, p in _AMQP_TLS.items() if (v := getattr(self, f))}
+        for parameter in ("cafile", "certfile", "keyfile"):
+            if parameter in query and parameter not in given:
+                try:
+                    _readable_file(query[parameter])
+                except ValueError:
+                    raise ValueError(
+                        f"CHATSTORE_AMQP_URL: parameter {parameter} names no readable file"
+                    ) from None
+        query |= given
+        if parts.scheme != "amqps" and any(query.get(p) for p in _AMQP_TLS.values()):
+            raise ValueError("CHATSTORE_AMQP_CAFILE, _CERTFILE, _KEYFILE need an amqps:// URL")
+        if bool(query.get("certfile")) != bool(query.get("keyfile")):
+            raise ValueError("CHATSTORE_AMQP_CERTFILE and _KEYFILE go together: set both")
+        if given:  # otherwise leave the URL exactly as it was written
+            self.amqp_url = urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+        return self
+
     @property
     def sqlalchemy_url(self) -> URL:
-        """The database URL with the asyncpg driver, whatever scheme was given."""
-        return make_url(self.database_url).set(drivername="postgresql+asyncpg")
+        """The database URL with the asyncpg driver, without libpq's TLS parameters.
+
+        TLS is set by :func:`worker.database.connect_args` instead.
+        """
+        url = make_url(self.database_url).set(drivername="postgresql+asyncpg")
+        return url.difference_update_query(_LIBPQ_TLS)
+
+    def secrets(self) -> list[str]:
+        """The passwords in the configured URLs, for :mod:`worker.redact`."""
+        return [p for p in (url_password(self.database_url), url_password(self.amqp_url)) if p]
+
+    def __repr_args__(self) -> Any:
+        # A settings object in a traceback or a log line must not carry passwords.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if isinstance(value, str) else value
 
 
 def load_settings(**overrides: Any) -> Settings:

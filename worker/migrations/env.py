@@ -7,12 +7,14 @@ The URL comes from the Alembic config (set by ``worker.migrate``) or, when the
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from worker.database import connect_args as settings_connect_args
 from worker.schema import metadata
 from worker.settings import load_settings
 
@@ -37,8 +39,8 @@ def run_migrations(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def run_async_migrations(url: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool)
+async def run_async_migrations(url: str, connect_args: dict[str, Any]) -> None:
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_migrations)
@@ -50,9 +52,12 @@ def main() -> None:
     if context.is_offline_mode():
         raise SystemExit("chatstore migrations run online only")
     url = context.config.get_main_option("sqlalchemy.url")
-    if not url:
-        url = load_settings().sqlalchemy_url.render_as_string(hide_password=False)
-    asyncio.run(run_async_migrations(url))
+    connect_args: dict[str, Any] = context.config.attributes.get("connect_args", {})
+    if not url:  # the `alembic` command: the settings give both
+        settings = load_settings()
+        url = settings.sqlalchemy_url.render_as_string(hide_password=False)
+        connect_args = settings_connect_args(settings)
+    asyncio.run(run_async_migrations(url, connect_args))
 
 
 main()

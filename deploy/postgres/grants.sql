@@ -1,0 +1,37 @@
+-- What `chatstore worker` may do on chatstore's tables, and nothing more.
+-- Run by the migrator (the tables' owner) after every `chatstore migrate`:
+--
+--   psql "$MIGRATOR_URL" --no-psqlrc -v ON_ERROR_STOP=1 -v worker=chatstore_worker \
+--     -f deploy/postgres/grants.sql
+--
+-- The statements of worker/store.py, and the privilege each needs:
+--   SELECT ... FROM users                                  SELECT on users
+--   INSERT INTO conversations (id, user_id) ...
+--     ON CONFLICT (id) DO UPDATE SET status = ... RETURNING  INSERT (id, user_id),
+--                                                          UPDATE (status), SELECT
+--   SELECT ... FROM conversations / messages               SELECT
+--   INSERT INTO messages ... ON CONFLICT DO NOTHING        INSERT
+--   UPDATE conversations SET created_at, updated_at, status  UPDATE (those columns)
+-- No DELETE, no TRUNCATE, no UPDATE of a message or of an owner, nothing on
+-- alembic_version, and no DDL: the worker cannot drop or rewrite history.
+\set ON_ERROR_STOP on
+BEGIN;
+
+-- From a clean slate, so that running this again also removes what was
+-- granted by hand.
+REVOKE ALL ON TABLE conversations, messages, alembic_version FROM :"worker";
+
+GRANT SELECT ON TABLE conversations, messages TO :"worker";
+GRANT INSERT (id, user_id) ON TABLE conversations TO :"worker";
+GRANT UPDATE (status, created_at, updated_at) ON TABLE conversations TO :"worker";
+GRANT INSERT ON TABLE messages TO :"worker";
+
+-- `users` belongs to the accounts application unless migration 0001 made a
+-- minimal one (then the migrator owns it and grants here). When another role
+-- owns it, that role must run: GRANT SELECT ON TABLE users TO chatstore_worker;
+SELECT format('GRANT SELECT ON TABLE users TO %I', :'worker')
+WHERE pg_has_role(
+    (SELECT relowner FROM pg_class WHERE oid = 'users'::regclass), 'USAGE'
+) \gexec
+
+COMMIT;

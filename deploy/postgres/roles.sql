@@ -1,0 +1,39 @@
+-- chatstore's PostgreSQL roles: run once per environment by an administrator
+-- (a superuser, or a managed service's admin role), and again to rotate the
+-- passwords. Idempotent.
+--
+--   psql "$ADMIN_URL" --no-psqlrc -v ON_ERROR_STOP=1 \
+--     -v database=chatstore \
+--     -v migrator=chatstore_migrator -v migrator_password="$MIGRATOR_PASSWORD" \
+--     -v worker=chatstore_worker -v worker_password="$WORKER_PASSWORD" \
+--     -f deploy/postgres/roles.sql
+--
+-- The migrator owns chatstore's tables: `chatstore migrate` runs as it. The
+-- worker owns nothing; deploy/postgres/grants.sql, run by the migrator after
+-- each migration, gives it exactly what it needs on the tables.
+\set ON_ERROR_STOP on
+
+SELECT format('CREATE ROLE %I', :'migrator')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'migrator') \gexec
+SELECT format('CREATE ROLE %I', :'worker')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'worker') \gexec
+
+-- Spelled out, so that running this again also resets anything changed by hand.
+ALTER ROLE :"migrator" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+    NOBYPASSRLS PASSWORD :'migrator_password';
+ALTER ROLE :"worker" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+    NOBYPASSRLS PASSWORD :'worker_password';
+
+-- A database of its own where there is none; an existing one (say, the one
+-- holding the accounts application's `users` table) is used as it is.
+SELECT format('CREATE DATABASE %I OWNER %I', :'database', :'migrator')
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'database') \gexec
+GRANT CONNECT ON DATABASE :"database" TO :"migrator", :"worker";
+
+\connect :"database"
+-- The migrator creates chatstore's tables in the public schema and so owns
+-- them; the worker may only look them up. PostgreSQL 15 gives nobody CREATE
+-- there by default; older versions gave it to PUBLIC.
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE, CREATE ON SCHEMA public TO :"migrator";
+GRANT USAGE ON SCHEMA public TO :"worker";
