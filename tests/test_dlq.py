@@ -60,6 +60,9 @@ async def test_inspect_counts_by_reason_shows_samples_and_leaves_the_queue_as_it
 ) -> None:
     await dead_letter(settings, amqp_url, [*carols(3), b"not json", b"[1]"])
     before = sorted(letter.body for letter in await _peek_all(amqp_url))
+    # The broker returns the peeked letters when the connection closes, a
+    # moment later: wait until all are ready again.
+    await wait_for(queue_has(amqp_url, topology.DLQ, 5))
 
     summary = await inspect(amqp_url, samples_per_reason=1)
 
