@@ -122,6 +122,8 @@ async def test_replaying_unknown_user_letters_after_creating_the_user_commits_ea
         await wait_for(queue_has(amqp_url, topology.QUEUE, 0))
 
     assert await count(database_url, "messages") == 20
+    # Letters a tool left are returned when its channel closes, a moment later.
+    await wait_for(queue_has(amqp_url, topology.DLQ, 1))
     (left,) = await take_dead_letters(amqp_url)
     assert left.body == b"garbage"
 
@@ -132,6 +134,7 @@ async def test_a_dry_run_changes_nothing(settings: Settings, amqp_url: str) -> N
     assert report.would_replay == 5
     assert report.replayed == 0
     assert await queue_depth(amqp_url, topology.QUEUE) == 0
+    await wait_for(queue_has(amqp_url, topology.DLQ, 5))
     letters = await take_dead_letters(amqp_url)
     assert len(letters) == 5
     assert all(letter.reason == "unknown_user" for letter in letters)
@@ -143,10 +146,11 @@ async def test_replay_filters_by_type_and_stops_at_the_limit(
     await dead_letter(settings, amqp_url, carols(6))
     wrong_type = await replay(amqp_url, selection=ReplayFilter(event_type="conversation.archived"))
     assert wrong_type.replayed == 0
+    await wait_for(queue_has(amqp_url, topology.DLQ, 6))
     limited = await replay(amqp_url, selection=ReplayFilter(), limit=4)
     assert limited.replayed == 4
     assert await queue_depth(amqp_url, topology.QUEUE) == 4
-    assert await queue_depth(amqp_url, topology.DLQ) == 2
+    await wait_for(queue_has(amqp_url, topology.DLQ, 2))
 
 
 async def test_replayed_letters_lose_their_death_headers_and_count_replays(
@@ -173,7 +177,7 @@ async def test_the_loop_guard_leaves_letters_replayed_too_often(
     guarded = await replay(amqp_url, selection=ReplayFilter(), max_replays=2)
     assert guarded.replayed == 0
     assert len(guarded.over_loop_guard) == 1
-    assert await queue_depth(amqp_url, topology.DLQ) == 1
+    await wait_for(queue_has(amqp_url, topology.DLQ, 1))
 
 
 async def test_a_replay_killed_midway_loses_nothing(
@@ -195,9 +199,15 @@ async def test_a_replay_killed_midway_loses_nothing(
             process.kill()
         await process.wait()
     replayed = {letter.body for letter in await take_all(amqp_url, topology.QUEUE)}
+    # The killed replay's unacknowledged letter returns when the broker notices.
+    await wait_for(lambda: _all_ready(amqp_url, len(letters) - len(replayed)))
     remaining = {letter.body for letter in await take_dead_letters(amqp_url)}
     assert 0 < len(replayed) < len(letters)
     assert replayed | remaining == set(letters)  # every letter is somewhere
+
+
+async def _all_ready(amqp_url: str, at_least: int) -> bool:
+    return await queue_depth(amqp_url, topology.DLQ) >= at_least
 
 
 async def _some_replayed(amqp_url: str) -> bool:
