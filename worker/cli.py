@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
-from worker import app, migrate
+from worker import app, bench, migrate
 from worker.database import connect_args
 from worker.demo.run import run_demo
 from worker.dlq import inspect as dlq_inspect
@@ -140,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "worker", help="consume events into PostgreSQL until SIGTERM or SIGINT"
     ).set_defaults(run=_worker)
+    bench_parser = commands.add_parser(
+        "bench",
+        help="measure ingest, latency, reads and memory against the raw limit and a naive consumer",
+        description="Runs on the servers of CHATSTORE_DATABASE_URL and CHATSTORE_AMQP_URL, in a "
+        "database and vhost of its own that it removes at the end (see docs/BENCHMARKS.md).",
+    )
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(run=bench.run)
     _add_dlq_commands(commands)
     demo = commands.add_parser(
         "demo", help="publish a realistic stream to a running worker and summarise the result"

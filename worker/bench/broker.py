@@ -1,0 +1,49 @@
+"""The bench's view of its vhost: the worker's topology, queue depths, purging."""
+
+from __future__ import annotations
+
+import aio_pika
+import aiormq
+
+from worker import topology
+
+
+async def declare(amqp_url: str, delivery_limit: int) -> None:
+    """Declare what a worker declares, so events published before it starts wait."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
+
+
+async def depth(amqp_url: str, queue: str = topology.QUEUE) -> int:
+    """Messages ready in ``queue``, not counting those delivered and unacknowledged."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
+async def consumers(amqp_url: str, queue: str = topology.QUEUE) -> int:
+    """How many consumers ``queue`` has: a started worker counts once it consumes."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.consumer_count or 0)
+
+
+async def purge(amqp_url: str) -> None:
+    """Empty the work queue and the DLQ between scenarios."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        for name in (topology.QUEUE, topology.DLQ):
+            queue = await channel.declare_queue(name, passive=True)
+            await queue.purge()
+
+
+async def server_version(amqp_url: str) -> str:
+    """The broker's version, as it announces itself when a connection opens."""
+    connection = await aiormq.connect(amqp_url)
+    try:
+        version = connection.server_properties.get("version", "unknown")
+    finally:
+        await connection.close()
+    return version.decode() if isinstance(version, bytes) else str(version)
