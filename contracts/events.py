@@ -22,9 +22,14 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+WITHIN_METADATA_BOUNDS: Final = "within_metadata_bounds"
+"""Validation context key: the caller has shown the metadata cannot exceed its
+size and depth limits (see ``contracts.decode``), so they need no checking."""
 
 SCHEMA_VERSION: Final = 1
 """The highest envelope ``version`` this code understands."""
@@ -109,9 +114,13 @@ class MessageCreatedData(_Model):
 
     @field_validator("metadata")
     @classmethod
-    def _metadata_is_bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _metadata_is_bounded(
+        cls, value: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
         if value is None:
             return None
+        if info.context is not None and info.context.get(WITHIN_METADATA_BOUNDS):
+            return value  # the decoder proved both bounds from the raw body
         depth = json_depth(value)
         if depth > METADATA_MAX_DEPTH:
             raise ValueError(f"nested {depth} levels, more than {METADATA_MAX_DEPTH}")

@@ -13,6 +13,7 @@ import pytest
 from contracts import (
     DETAIL_MAX_BYTES,
     MAX_BODY_BYTES,
+    METADATA_MAX_BYTES,
     ConversationArchived,
     MessageCreated,
     Reason,
@@ -345,3 +346,21 @@ def test_a_long_detail_is_truncated_on_a_character_boundary() -> None:
 def test_uuid_fields_accept_any_case() -> None:
     event = message_created(message_id=str(uuid.uuid4()).upper())
     assert isinstance(decode(body(event)), MessageCreated)
+
+
+@pytest.mark.parametrize("number", ["1e15", "1e9", "1E-4", "9e15"])
+def test_the_small_body_shortcut_is_sound_for_numbers_that_grow_when_rewritten(
+    number: str,
+) -> None:
+    # The decoder skips serialising metadata of bodies under a fifth of the
+    # limit; the worst growth on rewriting is a short float literal.
+    template = body(message_created(metadata={"n": []}))
+    room = METADATA_MAX_BYTES // 5 - len(template)
+    items = ",".join([number] * (room // (len(number) + 1)))
+    raw = template.replace(b'"n": []', f'"n": [{items}]'.encode())
+    assert len(raw) * 5 <= METADATA_MAX_BYTES
+    result = decode(raw)
+    assert isinstance(result, MessageCreated)
+    assert result.data.metadata is not None
+    rewritten = json.dumps(result.data.metadata, ensure_ascii=False, separators=(",", ":"))
+    assert len(rewritten.encode()) <= METADATA_MAX_BYTES
