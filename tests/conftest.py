@@ -12,8 +12,10 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.harness import add_users, declare_topology, worker_settings
 from tests.services import Services, discover
 from worker import migrate
+from worker.settings import Settings
 
 # Fixtures that need the servers; collecting a test that uses one finds them.
 SERVICE_FIXTURES = frozenset(
@@ -119,3 +121,12 @@ def services_admin_url(services: Services) -> URL:
 def services_amqp_url(services: Services) -> str:
     """The broker's default vhost, shared with anything else running here."""
     return services.amqp_url
+
+
+@pytest.fixture
+async def settings(database_url: URL, amqp_url: str) -> Settings:
+    """A worker's settings on this test's database and vhost, with the topology
+    declared and the users alice and bob."""
+    await add_users(database_url, "alice", "bob")
+    await declare_topology(amqp_url)
+    return worker_settings(database_url, amqp_url)

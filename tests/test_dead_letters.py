@@ -16,26 +16,16 @@ from tests.db import fetch_all
 from tests.events import body, conversation_archived, message_created
 from tests.harness import (
     DeadLetter,
-    add_users,
     count,
-    declare_topology,
     publish,
     queue_has,
     running_worker,
     table_has,
     take_dead_letters,
     wait_for,
-    worker_settings,
 )
 from worker import topology
 from worker.settings import Settings
-
-
-@pytest.fixture
-async def settings(database_url: URL, amqp_url: str) -> Settings:
-    await add_users(database_url, "alice", "bob")
-    await declare_topology(amqp_url)
-    return worker_settings(database_url, amqp_url)
 
 
 async def dead_letters_after_publishing(

@@ -11,14 +11,12 @@ import sys
 from pathlib import Path
 
 import aio_pika
-import pytest
 from sqlalchemy.engine import URL
 
 from tests.events import body, message_created
 from tests.harness import (
     add_users,
     count,
-    declare_topology,
     publish,
     queue_depth,
     queue_has,
@@ -28,19 +26,11 @@ from tests.harness import (
     take_dead_letters,
     wait_for,
     worker_environment,
-    worker_settings,
 )
 from worker import topology
 from worker.dlq.inspect import inspect
 from worker.dlq.replay import ReplayFilter, replay
 from worker.settings import Settings
-
-
-@pytest.fixture
-async def settings(database_url: URL, amqp_url: str) -> Settings:
-    await add_users(database_url, "alice")
-    await declare_topology(amqp_url)
-    return worker_settings(database_url, amqp_url)
 
 
 async def dead_letter(settings: Settings, amqp_url: str, events: list[bytes]) -> None:

@@ -20,9 +20,7 @@ from tests.db import fetch_all
 from tests.events import message_created
 from tests.harness import (
     WorkerProcess,
-    add_users,
     count,
-    declare_topology,
     publish,
     queue_depth,
     running_worker,
@@ -34,14 +32,14 @@ from tests.harness import (
 from tests.services import Services
 from worker import app, topology
 from worker.flush import REFUSALS_IN_A_ROW_LIMIT
+from worker.settings import Settings
 
 EVENTS = 4000
 
 
 @pytest.fixture
-async def prepared(database_url: URL, amqp_url: str) -> None:
-    await add_users(database_url, "alice", "bob")
-    await declare_topology(amqp_url)
+def prepared(settings: Settings) -> None:
+    """Users and topology in place (the tests make settings of their own)."""
 
 
 def events(total: int) -> list[dict[str, object]]:

@@ -6,32 +6,21 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy.engine import URL
 
 from tests.db import fetch_all
 from tests.events import body, conversation_archived, message_created
 from tests.harness import (
-    add_users,
     count,
-    declare_topology,
     publish,
     queue_has,
     running_worker,
     table_has,
     take_dead_letters,
     wait_for,
-    worker_settings,
 )
 from worker import topology
 from worker.settings import Settings
-
-
-@pytest.fixture
-async def settings(database_url: URL, amqp_url: str) -> Settings:
-    await add_users(database_url, "alice", "bob")
-    await declare_topology(amqp_url)
-    return worker_settings(database_url, amqp_url)
 
 
 def at(minutes: int) -> str:
