@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -238,13 +238,12 @@ async def test_every_query_uses_the_contracts_indexes_on_a_realistic_table(
 
     # The statements the repository really ran, explained with their own
     # parameters: no copy of the SQL in the test to drift from the code.
-    def capture(*args: Any) -> None:
-        _conn, _cursor, statement, parameters, _context, _many = args
-        if not statement.startswith("EXPLAIN"):
-            statements.append((statement, parameters))
+    class Recording(Repository):
+        async def _run(self, sql: str, arguments: list[Any]) -> list[asyncpg.Record]:
+            statements.append((sql, arguments))
+            return await super()._run(sql, arguments)
 
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    repository = Repository(engine)
+    repository = Recording(engine)
     conversation_id = uuid.UUID(hashlib.md5(b"c401").hexdigest())
     user = "user-2"
     assert await repository.conversation(user, conversation_id) is not None

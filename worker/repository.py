@@ -12,15 +12,16 @@ import base64
 import binascii
 import functools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar, cast
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Integer, Row, Select, and_, bindparam, or_, select, true
+import asyncpg
+from sqlalchemy import ColumnElement, Integer, Select, and_, bindparam, or_, select, true
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.schema import conversations, messages
@@ -185,6 +186,21 @@ def _history_query(shape: After) -> Select[Any]:
     )
 
 
+@functools.cache
+def _compiled(
+    query: Select[Any], limit: int | None, dialect: Dialect
+) -> tuple[str, tuple[str, ...]]:
+    """``query`` as asyncpg runs it: ``$n`` placeholders, the page size written in,
+    and the names of the parameters in placeholder order."""
+    values: dict[str, Any] = dict.fromkeys(query.compile().binds)
+    if limit is not None:
+        values["limit"] = limit
+    compiled = query.params(values).compile(
+        dialect=dialect, compile_kwargs={"render_postcompile": True}
+    )
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
 class Repository:
     """Reads conversations and messages through an async SQLAlchemy engine."""
 
@@ -193,10 +209,22 @@ class Repository:
         # the BEGIN and ROLLBACK round trips SQLAlchemy would wrap it in.
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def _fetch(self, query: Select[Any], params: dict[str, Any]) -> Sequence[Row[Any]]:
+    async def _fetch(self, query: Select[Any], params: dict[str, Any]) -> list[asyncpg.Record]:
+        sql, names = _compiled(query, params.get("limit"), self._engine.dialect)
+        return await self._run(sql, [params[name] for name in names])
+
+    async def _run(self, sql: str, arguments: list[Any]) -> list[asyncpg.Record]:
+        """Run one compiled statement on a pooled connection's asyncpg driver.
+
+        SQLAlchemy builds and compiles each query once (``_compiled``); going
+        through its ``execute`` for every call cost about 40% of a read's
+        client CPU, which 32 concurrent readers on two cores pay in latency.
+        The connection still comes from the engine's pool, in autocommit.
+        """
         async with self._engine.connect() as connection:
-            rows: Sequence[Row[Any]] = (await connection.execute(query, params)).all()
-        return rows
+            raw = await connection.get_raw_connection()
+            driver = cast(asyncpg.Connection, raw.driver_connection)
+            return await driver.fetch(sql, *arguments)
 
     async def conversation(self, user_id: str, conversation_id: UUID) -> Conversation | None:
         """One conversation of ``user_id``; None if it is missing or another user's."""
