@@ -198,6 +198,10 @@ async def test_three_workers_behind_transaction_pooling_store_every_row_once(
         WorkerProcess(settings, tmp_path / f"worker-{n}.log").start() for n in range(WORKERS)
     ]
     try:
+        # All three consuming before the stream starts: each gets a share,
+        # and none is still starting (no signal handlers yet) at SIGTERM.
+        for worker in workers:
+            await worker.wait_consuming()
         await publish(amqp_url, events + events[:RESENT])
         await wait_for(
             table_has(database_url, "messages", len(events)), within_s=60, what="every message"
