@@ -61,6 +61,13 @@ async def dead_letters_after_publishing(
     return letters
 
 
+async def store_one(settings: Settings, database_url: URL, event: dict[str, Any]) -> None:
+    """Let a worker store ``event``, the stored row the next event is judged against."""
+    async with running_worker(settings):
+        await publish(settings.amqp_url, [event])
+        await wait_for(table_has(database_url, "messages", 1))
+
+
 def with_field(event: dict[str, Any], **envelope: Any) -> bytes:
     return body(event | envelope)
 
@@ -108,9 +115,9 @@ async def test_a_message_for_another_users_conversation_is_dead_lettered(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
     conversation_id = str(uuid.uuid4())
-    async with running_worker(settings):
-        await publish(amqp_url, [message_created(conversation_id=conversation_id, user_id="alice")])
-        await wait_for(table_has(database_url, "messages", 1))
+    await store_one(
+        settings, database_url, message_created(conversation_id=conversation_id, user_id="alice")
+    )
     intruder = body(message_created(conversation_id=conversation_id, user_id="bob"))
     (letter,) = await dead_letters_after_publishing(settings, amqp_url, intruder)
     assert letter.reason == "ownership_mismatch"
@@ -121,9 +128,9 @@ async def test_an_archive_by_another_user_is_dead_lettered_and_changes_nothing(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
     conversation_id = str(uuid.uuid4())
-    async with running_worker(settings):
-        await publish(amqp_url, [message_created(conversation_id=conversation_id, user_id="alice")])
-        await wait_for(table_has(database_url, "messages", 1))
+    await store_one(
+        settings, database_url, message_created(conversation_id=conversation_id, user_id="alice")
+    )
     archive = body(conversation_archived(conversation_id=conversation_id, user_id="bob"))
     (letter,) = await dead_letters_after_publishing(
         settings, amqp_url, archive, routing_key="conversation.archived"
@@ -137,9 +144,7 @@ async def test_a_message_id_seen_before_with_other_content_is_a_conflict(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
     original = message_created(user_id="alice", content="first")
-    async with running_worker(settings):
-        await publish(amqp_url, [original])
-        await wait_for(table_has(database_url, "messages", 1))
+    await store_one(settings, database_url, original)
     changed = json.loads(json.dumps(original))
     changed["data"]["content"] = "second"
     (letter,) = await dead_letters_after_publishing(settings, amqp_url, body(changed))
@@ -152,9 +157,7 @@ async def test_a_conflict_in_a_new_conversation_leaves_no_empty_conversation(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
     original = message_created(user_id="alice")
-    async with running_worker(settings):
-        await publish(amqp_url, [original])
-        await wait_for(table_has(database_url, "messages", 1))
+    await store_one(settings, database_url, original)
     moved = json.loads(json.dumps(original))
     moved["data"]["conversation_id"] = str(uuid.uuid4())
     (letter,) = await dead_letters_after_publishing(settings, amqp_url, body(moved))
