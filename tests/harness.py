@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 
 from tests.db import fetch_all
 from tests.events import body as encode
-from worker import app, topology
+from worker import lifecycle, topology
 from worker.settings import Settings
 
 
@@ -139,7 +139,7 @@ async def add_users(database_url: URL, *users: str) -> None:
 async def running_worker(settings: Settings) -> AsyncIterator[asyncio.Task[int]]:
     """A worker in this process, stopped (drained) on exit; yields its task."""
     stop = asyncio.Event()
-    task = asyncio.create_task(app.run(settings, stop, handle_signals=False))
+    task = asyncio.create_task(lifecycle.run(settings, stop, handle_signals=False))
     try:
         yield task
     finally:

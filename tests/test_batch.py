@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.batch import BatchPolicy, Pending
+from worker.ingest.batch import BatchPolicy, Pending
 
 POLICY = BatchPolicy(max_size=3, max_wait_s=0.05)
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from worker.bench import add_arguments, run
-from worker.bench.ingest import IngestResult
-from worker.bench.report import Results, goals, table
-from worker.bench.stats import percentile, rate, ratio, summarise
 from worker.settings import Settings
+from worker.tools.bench import add_arguments, run
+from worker.tools.bench.ingest import IngestResult
+from worker.tools.bench.report import Results, goals, table
+from worker.tools.bench.stats import percentile, rate, ratio, summarise
 
 
 def _arguments(*argv: str) -> argparse.Namespace:

@@ -14,7 +14,7 @@ from contracts import AnyEvent, ConversationArchived, MessageCreated, Reason, de
 from tests.db import fetch_all
 from tests.events import body, conversation_archived, message_created
 from tests.harness import add_users
-from worker.store import write_batch
+from worker.ingest.store import write_batch
 
 
 def event(raw: dict[str, object]) -> AnyEvent:

@@ -7,8 +7,8 @@ from sqlalchemy.engine import URL
 
 from contracts import ConversationArchived, MessageCreated
 from tests.harness import declare_topology, running_worker, worker_settings
-from worker.demo.run import run_demo
-from worker.demo.stream import plan
+from worker.tools.demo.run import run_demo
+from worker.tools.demo.stream import plan
 
 
 def test_the_plan_has_the_asked_numbers_of_messages_conversations_and_mistakes() -> None:
@@ -48,7 +48,7 @@ async def test_the_demo_says_what_to_start_when_no_worker_consumes(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("worker.demo.run.WORKER_WAIT_S", 1)
+    monkeypatch.setattr("worker.tools.demo.run.WORKER_WAIT_S", 1)
     settings = worker_settings(database_url, amqp_url)
     assert await run_demo(settings, messages=10, conversations=2, users=1, rate_per_s=100) == 1
     assert "start `chatstore worker`" in capsys.readouterr().out

@@ -28,9 +28,9 @@ from tests.harness import (
     worker_environment,
 )
 from worker import topology
-from worker.dlq.inspect import inspect
-from worker.dlq.replay import ReplayFilter, replay
 from worker.settings import Settings
+from worker.tools.dlq.inspect import inspect
+from worker.tools.dlq.replay import ReplayFilter, replay
 
 
 async def dead_letter(settings: Settings, amqp_url: str, events: list[bytes]) -> None:

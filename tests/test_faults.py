@@ -30,8 +30,8 @@ from tests.harness import (
     worker_settings,
 )
 from tests.services import Services
-from worker import app, topology
-from worker.flush import REFUSALS_IN_A_ROW_LIMIT
+from worker import lifecycle, topology
+from worker.ingest.flush import REFUSALS_IN_A_ROW_LIMIT
 from worker.settings import Settings
 
 EVENTS = 4000
@@ -212,7 +212,7 @@ async def test_a_missing_privilege_stops_the_worker_without_draining_the_queue(
         settings = worker_settings(reader_url, amqp_url)
         await publish(amqp_url, events(50))
         exit_code = await asyncio.wait_for(
-            app.run(settings, asyncio.Event(), handle_signals=False), timeout=30
+            lifecycle.run(settings, asyncio.Event(), handle_signals=False), timeout=30
         )
         assert exit_code == 1
         assert await queue_depth(amqp_url, topology.QUEUE) == 50
@@ -229,7 +229,7 @@ async def test_a_schema_that_was_never_migrated_stops_the_worker_at_start(
 ) -> None:
     settings = worker_settings(empty_database_url, amqp_url)
     exit_code = await asyncio.wait_for(
-        app.run(settings, asyncio.Event(), handle_signals=False), timeout=30
+        lifecycle.run(settings, asyncio.Event(), handle_signals=False), timeout=30
     )
     assert exit_code == 1
 
@@ -273,7 +273,7 @@ async def test_a_database_refusing_every_event_stops_the_worker_before_it_drains
     await publish(amqp_url, events(300))
     settings = worker_settings(database_url, amqp_url)
     exit_code = await asyncio.wait_for(
-        app.run(settings, asyncio.Event(), handle_signals=False), timeout=60
+        lifecycle.run(settings, asyncio.Event(), handle_signals=False), timeout=60
     )
     assert exit_code == 1
     dead = await queue_depth(amqp_url, topology.DLQ)

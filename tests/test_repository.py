@@ -14,9 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tests.db import connect, fetch_all
-from tests.harness import add_users
-from worker.repository import (
+from contracts.history.repository import (
     Conversation,
     InvalidCursorError,
     Keyset,
@@ -24,7 +22,9 @@ from worker.repository import (
     Repository,
     encode_cursor,
 )
-from worker.schema import conversations, messages
+from contracts.models import conversations, messages
+from tests.db import connect, fetch_all
+from tests.harness import add_users
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 

@@ -17,14 +17,15 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
-from worker import app, bench, migrate
+from worker import lifecycle, migrate
 from worker.database import connect_args
-from worker.demo.run import run_demo
-from worker.dlq import inspect as dlq_inspect
-from worker.dlq import replay as dlq_replay
 from worker.logs import configure_logging
 from worker.redact import redact
 from worker.settings import ConfigurationError, Settings, load_settings
+from worker.tools import bench
+from worker.tools.demo.run import run_demo
+from worker.tools.dlq import inspect as dlq_inspect
+from worker.tools.dlq import replay as dlq_replay
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -43,7 +44,7 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
-    return asyncio.run(app.run(settings))
+    return asyncio.run(lifecycle.run(settings))
 
 
 def _dlq_inspect(settings: Settings, args: argparse.Namespace) -> int:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import asyncpg
-from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
-MIGRATIONS = files("worker") / "migrations"
+from alembic import command
+
+# The checkout's alembic/ (an editable install; the wheel follows in the next commit).
+MIGRATIONS = Path(__file__).parents[1] / "alembic"
 MAINTENANCE_DATABASE = "postgres"
 
 

@@ -1,0 +1,1 @@
+"""Reading chat history back, for the chat application (``contracts.history.repository``)."""
