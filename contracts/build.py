@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from contracts.enums import MessageRole
 from contracts.events import (
     ConversationArchived,
     ConversationArchivedData,
@@ -19,7 +20,7 @@ def message_created(
     *,
     conversation_id: UUID | str,
     user_id: str,
-    role: Literal["user", "assistant"],
+    role: MessageRole | Literal["user", "assistant"],
     content: str,
     metadata: dict[str, Any] | None = None,
     message_id: UUID | str | None = None,

@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from contracts.enums import MessageRole
+from contracts.routing import ROUTING_KEYS
+
 WITHIN_METADATA_BOUNDS: Final = "within_metadata_bounds"
 """Validation context key: the caller has shown the metadata cannot exceed its
 size and depth limits (see ``contracts.decode``), so they need no checking."""
@@ -93,7 +96,7 @@ class MessageCreatedData(_Model):
     message_id: UUID
     conversation_id: UUID
     user_id: UserId
-    role: Literal["user", "assistant"]
+    role: MessageRole
     content: str = Field(min_length=1, max_length=CONTENT_MAX_CHARS)
     metadata: dict[str, Any] | None = Field(
         default=None,
@@ -107,7 +110,7 @@ class MessageCreatedData(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             # The per-role limit, so publishers in other languages see it too.
-            "if": {"properties": {"role": {"const": "user"}}},
+            "if": {"properties": {"role": {"const": MessageRole.USER.value}}},
             "then": {"properties": {"content": {"maxLength": USER_CONTENT_MAX_CHARS}}},
         }
     )
@@ -131,7 +134,7 @@ class MessageCreatedData(_Model):
 
     @model_validator(mode="after")
     def _user_content_is_short(self) -> Self:
-        if self.role == "user" and len(self.content) > USER_CONTENT_MAX_CHARS:
+        if self.role is MessageRole.USER and len(self.content) > USER_CONTENT_MAX_CHARS:
             raise ValueError(
                 f"content of a user message has {len(self.content)} characters, "
                 f"more than {USER_CONTENT_MAX_CHARS}"
@@ -154,14 +157,14 @@ class _Envelope(_Model):
 class MessageCreated(_Envelope):
     """``message.created``: one chat message, keyed by ``data.message_id``."""
 
-    type: Literal["message.created"]
+    type: Literal["message.created"]  # contracts.routing.MESSAGE_CREATED
     data: MessageCreatedData
 
 
 class ConversationArchived(_Envelope):
     """``conversation.archived``: the conversation is closed for good."""
 
-    type: Literal["conversation.archived"]
+    type: Literal["conversation.archived"]  # contracts.routing.CONVERSATION_ARCHIVED
     data: ConversationArchivedData
 
 
@@ -171,6 +174,6 @@ AnyEvent = MessageCreated | ConversationArchived
 Event = Annotated[AnyEvent, Field(discriminator="type")]
 """Any event of the contract, discriminated on ``type`` (for validation)."""
 
-EVENT_TYPES: Final[frozenset[str]] = frozenset({"message.created", "conversation.archived"})
+EVENT_TYPES: Final[frozenset[str]] = frozenset(ROUTING_KEYS)
 
 event_adapter: Final[TypeAdapter[AnyEvent]] = TypeAdapter(Event)

@@ -24,15 +24,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Final, Self
+from typing import Self
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from contracts.events import AnyEvent
+from contracts.routing import EXCHANGE
 
-EXCHANGE: Final = "chat.events"
 log = logging.getLogger("contracts.publisher")
 
 

@@ -1,17 +1,16 @@
-"""Driving a real worker in tests: publishing, reading queues and tables, waiting on state."""
+"""Driving a real worker in tests: publishing, reading queues and tables, waiting on state.
+
+Worker processes, queue probes and waiting come from worker.tools.sandbox,
+which the bench uses too; this module adds what only the tests need.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -21,6 +20,33 @@ from tests.db import fetch_all
 from tests.events import body as encode
 from worker import lifecycle, topology
 from worker.settings import Settings
+from worker.tools.sandbox import WorkerProcess, queue_depth, wait_for, worker_environment
+
+__all__ = [
+    "DeadLetter",
+    "WorkerProcess",
+    "add_users",
+    "count",
+    "declare_topology",
+    "free_port",
+    "publish",
+    "queue_depth",
+    "queue_has",
+    "running_worker",
+    "table_has",
+    "take_all",
+    "take_dead_letters",
+    "wait_for",
+    "worker_environment",
+    "worker_settings",
+]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (at the time of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def worker_settings(database_url: URL, amqp_url: str, **overrides: Any) -> Settings:
@@ -35,25 +61,6 @@ def worker_settings(database_url: URL, amqp_url: str, **overrides: Any) -> Setti
         "drain_timeout_s": 10.0,
     }
     return Settings(**(values | overrides))
-
-
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """The process environment that gives a ``chatstore worker`` these settings."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("CHATSTORE_")}
-    for name, value in settings.model_dump().items():
-        environment[f"CHATSTORE_{name.upper()}"] = str(value)
-    return environment
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, within_s: float = 30, what: str = "a condition"
-) -> None:
-    """Poll ``check`` until it holds; fail after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def publish(
@@ -84,14 +91,6 @@ async def publish(
 async def declare_topology(amqp_url: str, delivery_limit: int = 20) -> None:
     async with await aio_pika.connect(amqp_url) as connection:
         await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
-
-
-async def queue_depth(amqp_url: str, queue: str) -> int:
-    """Messages ready in ``queue`` (not counting unacknowledged ones)."""
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
 
 
 @dataclass(frozen=True)
@@ -145,55 +144,6 @@ async def running_worker(settings: Settings) -> AsyncIterator[asyncio.Task[int]]
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=settings.drain_timeout_s + 5)
-
-
-class WorkerProcess:
-    """A real ``chatstore worker`` process, for signals and crashes."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self._environment = worker_environment(settings)
-        self._log_path = log_path
-        self._logs: list[Path] = []  # one per start
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        path = self._log_path.with_suffix(f".{len(self._logs)}{self._log_path.suffix}")
-        self._logs.append(path)
-        log = path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker"],
-            env=self._environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        return self
-
-    def send(self, signum: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    async def wait(self, within_s: float = 30) -> int:
-        """The exit code, once the process has ended."""
-        assert self.process is not None
-        return await asyncio.to_thread(self.process.wait, within_s)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    async def wait_consuming(self, within_s: float = 30) -> None:
-        """Until the latest start logs that it consumes (its signal handlers are set)."""
-
-        async def consuming() -> bool:
-            return "worker.consuming" in self._logs[-1].read_text(errors="replace")
-
-        await wait_for(consuming, within_s=within_s, what="the worker consuming")
-
-    def log(self) -> str:
-        """Everything every start of this worker logged, in order."""
-        return "".join(path.read_text(errors="replace") for path in self._logs)
 
 
 def table_has(database_url: URL, table: str, rows: int) -> Callable[[], Awaitable[bool]]:

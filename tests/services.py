@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL, make_url
 
+from worker.tools.sandbox import rabbitmqctl
+
 DATABASE_ENV = "CHATSTORE_TEST_DATABASE_URL"
 AMQP_ENV = "CHATSTORE_TEST_AMQP_URL"
 LOCAL_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -57,19 +59,7 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _local_rabbitmqctl(args: list[str]) -> Any:
-    async def run() -> None:
-        process = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
-            "--quiet",
-            *args,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {stderr.decode().strip()}")
-
-    return run()
+    return rabbitmqctl(*args)
 
 
 def _local_postgres_control(action: str) -> Any:

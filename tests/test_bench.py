@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy.engine import URL
 
 from worker.settings import Settings
-from worker.tools.bench import add_arguments, run
+from worker.tools.bench.command import run
 from worker.tools.bench.ingest import IngestResult
+from worker.tools.bench.options import add_arguments
 from worker.tools.bench.report import Results, goals, table
 from worker.tools.bench.stats import percentile, rate, ratio, summarise
 

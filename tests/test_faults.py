@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -21,6 +20,7 @@ from tests.events import message_created
 from tests.harness import (
     WorkerProcess,
     count,
+    free_port,
     publish,
     queue_depth,
     running_worker,
@@ -52,12 +52,6 @@ def events(total: int) -> list[dict[str, object]]:
 
 def vhost_of(amqp_url: str) -> str:
     return amqp_url.rsplit("/", 1)[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

@@ -13,6 +13,7 @@ from tests.events import message_created
 from tests.harness import (
     add_users,
     declare_topology,
+    free_port,
     publish,
     queue_has,
     running_worker,
@@ -20,7 +21,6 @@ from tests.harness import (
     wait_for,
     worker_settings,
 )
-from tests.test_faults import free_port
 from worker import topology
 
 

@@ -36,6 +36,7 @@ from tests.harness import (
     add_users,
     count,
     declare_topology,
+    free_port,
     publish,
     queue_has,
     table_has,
@@ -62,12 +63,6 @@ def _pgbouncer_binary() -> str:
             pytrace=False,
         )
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _config(upstream: URL, port: int, directory: Path) -> str:
@@ -99,7 +94,7 @@ pidfile = {directory}/pgbouncer.pid
 def _running_pgbouncer(upstream: URL) -> Iterator[URL]:
     binary = _pgbouncer_binary()
     directory = Path(tempfile.mkdtemp(prefix="chatstore-pgbouncer-"))
-    port = _free_port()
+    port = free_port()
     (directory / "pgbouncer.ini").write_text(_config(upstream, port, directory))
     (directory / "userlist.txt").write_text(f'"{upstream.username}" ""\n')
     command = [binary, str(directory / "pgbouncer.ini")]

@@ -17,9 +17,8 @@ from contracts import (
     decode,
     message_created,
 )
-from tests.harness import declare_topology, queue_has, take_all, wait_for
+from tests.harness import declare_topology, free_port, queue_has, take_all, wait_for
 from tests.services import Services
-from tests.test_faults import free_port
 from worker import topology
 
 

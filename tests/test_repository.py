@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from contracts.history.repository import (
-    Conversation,
+from contracts.history import (
+    ConversationRow,
     InvalidCursorError,
     Keyset,
-    Message,
+    MessageRow,
     Repository,
     encode_cursor,
 )
@@ -183,7 +183,7 @@ async def test_a_foreign_or_malformed_cursor_is_refused(engine: AsyncEngine, cur
 
 def test_results_fields_follow_the_tables_column_order() -> None:
     # The repository builds results from rows by position.
-    for result, table in ((Conversation, conversations), (Message, messages)):
+    for result, table in ((ConversationRow, conversations), (MessageRow, messages)):
         assert list(result._fields) == [c.name for c in table.columns]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from tests.harness import (
     WorkerProcess,
     add_users,
     declare_topology,
+    free_port,
     publish,
     queue_has,
     running_worker,
@@ -138,7 +138,7 @@ class TlsProxy:
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[int]:
         """Listen on localhost (every address it resolves to); yields the port."""
-        port = _free_port()
+        port = free_port()
         server = await asyncio.start_server(
             self._track, "localhost", port, ssl=None if self.postgres else self.context
         )
@@ -158,12 +158,6 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     with contextlib.suppress(OSError):
         writer.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _server_context(certificates: Certificates) -> ssl.SSLContext:
@@ -370,7 +364,7 @@ def _run_cli(
 
 def test_an_unreachable_database_is_reported_without_its_password() -> None:
     settings = Settings(
-        database_url=f"postgresql://app:{PASSWORD}@127.0.0.1:{_free_port()}/chatstore",
+        database_url=f"postgresql://app:{PASSWORD}@127.0.0.1:{free_port()}/chatstore",
         http_port=0,
     )
     result = _run_cli(settings, "migrate")
@@ -423,7 +417,7 @@ async def test_a_working_worker_writes_no_password_in_logs_or_metrics(
     """PostgreSQL (trust) ignores the password, RabbitMQ checks it; neither is written."""
     await add_users(database_url, "user-1")
     await declare_topology(amqp_url)
-    port = _free_port()
+    port = free_port()
     settings = worker_settings(
         database_url.set(password=PASSWORD),
         broker_user_with_password,

@@ -1,7 +1,9 @@
 """The ``chatstore`` console script: parses arguments, reports errors, sets exit codes.
 
 Everything it runs lives in other modules; this one only wires them to the
-command line (imports run one way: cli -> worker -> contracts).
+command line (imports run one way: cli -> worker -> contracts). A tool
+(``worker.tools``) is imported only when its command runs, so ``chatstore
+worker`` loads none of them.
 """
 
 from __future__ import annotations
@@ -10,50 +12,49 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final
 
-import aiormq
-import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 
-from worker import lifecycle, migrate
-from worker.database import connect_args
+from worker import exits
+from worker.arguments import positive_float, positive_int
 from worker.logs import configure_logging
 from worker.redact import redact
 from worker.settings import ConfigurationError, Settings, load_settings
-from worker.tools import bench
-from worker.tools.demo.run import run_demo
-from worker.tools.dlq import inspect as dlq_inspect
-from worker.tools.dlq import replay as dlq_replay
-
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
+from worker.tools.bench import options as bench_options
+from worker.unavailable import ServiceUnavailableError
 
 log = structlog.get_logger("chatstore.cli")
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from worker import migrate
+    from worker.database import connect_args
+
     url, arguments = settings.sqlalchemy_url, connect_args(settings)
     created = asyncio.run(migrate.ensure_database(url, arguments))
     log.info("database.ready", database=url.database, created=created)
     migrate.upgrade(url, connect_args=arguments)
     log.info("schema.upgraded", database=url.database, revision="head")
-    return EXIT_OK
+    return exits.OK
 
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from worker import lifecycle
+
     return asyncio.run(lifecycle.run(settings))
 
 
 def _dlq_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.tools.dlq import inspect as dlq_inspect
+
     summary = asyncio.run(dlq_inspect.inspect(settings.amqp_url, samples_per_reason=args.samples))
     print(dlq_inspect.render(summary, as_json=args.json))
-    return EXIT_OK
+    return exits.OK
 
 
 def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.tools.dlq import replay as dlq_replay
+
     report = asyncio.run(
         dlq_replay.replay(
             settings.amqp_url,
@@ -65,10 +66,12 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         )
     )
     print(dlq_replay.render(report, as_json=args.json))
-    return EXIT_OK
+    return exits.OK
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.tools.demo.run import run_demo
+
     return asyncio.run(
         run_demo(
             settings,
@@ -80,23 +83,14 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.tools.bench.command import run
 
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
-    return value
+    return run(settings, args)
 
 
 def _add_dlq_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
-    dlq.set_defaults(uses_database=False)
     actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     inspect = actions.add_parser(
         "inspect", help="count dead letters by reason and show samples; changes nothing"
@@ -110,14 +104,14 @@ def _add_dlq_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     replay = actions.add_parser("replay", help="move dead letters back to chat.events")
     replay.add_argument("--reason", help="only letters with this reason, e.g. unknown_user")
     replay.add_argument("--type", help="only events of this type, e.g. message.created")
-    replay.add_argument("--limit", type=_positive_int, metavar="N", help="replay at most N")
+    replay.add_argument("--limit", type=positive_int, metavar="N", help="replay at most N")
     replay.add_argument("--dry-run", action="store_true", help="report, change nothing")
     replay.add_argument(
-        "--rate", type=_positive_float, metavar="R", help="at most R letters per second"
+        "--rate", type=positive_float, metavar="R", help="at most R letters per second"
     )
     replay.add_argument(
         "--max-replays",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="loop guard: leave letters already replayed N times (default 3)",
@@ -132,8 +126,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Stores chat events from RabbitMQ in PostgreSQL.",
         epilog="Configured by CHATSTORE_* environment variables (a .env file is read too).",
     )
-    # Which server an OSError (refused, reset, unreachable) is about.
-    parser.set_defaults(uses_database=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "migrate", help="create the database if missing and upgrade the schema to head"
@@ -147,17 +139,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Runs on the servers of CHATSTORE_DATABASE_URL and CHATSTORE_AMQP_URL, in a "
         "database and vhost of its own that it removes at the end (see docs/BENCHMARKS.md).",
     )
-    bench.add_arguments(bench_parser)
-    bench_parser.set_defaults(run=bench.run)
+    bench_options.add_arguments(bench_parser)
+    bench_parser.set_defaults(run=_bench)
     _add_dlq_commands(commands)
     demo = commands.add_parser(
         "demo", help="publish a realistic stream to a running worker and summarise the result"
     )
-    demo.add_argument("--messages", type=_positive_int, default=5000, metavar="N")
-    demo.add_argument("--conversations", type=_positive_int, default=300, metavar="N")
-    demo.add_argument("--users", type=_positive_int, default=40, metavar="N")
+    demo.add_argument("--messages", type=positive_int, default=5000, metavar="N")
+    demo.add_argument("--conversations", type=positive_int, default=300, metavar="N")
+    demo.add_argument("--users", type=positive_int, default=40, metavar="N")
     demo.add_argument(
-        "--rate", type=_positive_float, default=1000.0, metavar="R", help="events per second"
+        "--rate", type=positive_float, default=1000.0, metavar="R", help="events per second"
     )
     demo.set_defaults(run=_demo)
     return parser
@@ -170,34 +162,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except ConfigurationError as error:
         print(f"chatstore: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     configure_logging(settings.log_level, secrets=settings.secrets())
     run: Callable[[Settings, argparse.Namespace], int] = args.run
     try:
         return run(settings, args)
-    except (OSError, asyncpg.PostgresError, aiormq.exceptions.AMQPError) as error:
-        # Connection failures: one line that names the server, never a password.
-        broker = isinstance(error, aiormq.exceptions.AMQPError) or (
-            isinstance(error, OSError) and not args.uses_database
-        )
-        where = _broker(settings) if broker else _database(settings)
-        reason = redact(str(error) or type(error).__name__, settings.secrets())
-        print(f"chatstore: cannot use {where}: {reason}", file=sys.stderr)
-        return EXIT_FAILURE
+    except ServiceUnavailableError as error:
+        # Named where it happened; a driver's reason may still quote a password.
+        print(f"chatstore: {redact(str(error), settings.secrets())}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
-        return EXIT_FAILURE
-
-
-def _database(settings: Settings) -> str:
-    url = settings.sqlalchemy_url
-    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
-
-
-def _broker(settings: Settings) -> str:
-    url = make_url(
-        settings.amqp_url.replace("amqps://", "amqp://", 1).replace("amqp://", "x://", 1)
-    )
-    return f"RabbitMQ at {url.host or 'localhost'}:{url.port or 5672}/{url.database or ''}"
+        return exits.FAILURE
 
 
 if __name__ == "__main__":

@@ -7,14 +7,12 @@ Two things are decided here rather than in the URL:
   server's certificate (and, for verify-full, its name); require encrypts
   without checking, as libpq does.
 - **Transaction pooling** (``CHATSTORE_DATABASE_POOL_MODE=transaction``, for
-  PgBouncer or Neon's pooled endpoint): consecutive transactions of one
-  client may run on different server connections, so nothing may outlive a
-  transaction on the server. Prepared statements are the one thing asyncpg
-  and SQLAlchemy keep there; both caches go, and every statement is prepared
-  unnamed, so no name can collide with another client's and none is left
-  behind (asyncpg re-parses an unnamed statement in the same round trip that
-  runs it). The worker keeps no other session state: no SET, no advisory
-  locks, no temporary tables, no LISTEN.
+  PgBouncer or Neon's pooled endpoint): nothing may outlive a transaction on
+  the server. Prepared statements are the one thing asyncpg and SQLAlchemy
+  keep there; :func:`contracts.history.transaction_pooling_args` turns them
+  into unnamed ones, the same for the worker as for readers. The worker keeps
+  no other session state: no SET, no advisory locks, no temporary tables, no
+  LISTEN.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from contracts.history import transaction_pooling_args
 from worker.settings import Settings
 
 
@@ -43,10 +42,6 @@ def ssl_argument(settings: Settings) -> ssl.SSLContext | str:
     return context
 
 
-def _unnamed_statement() -> str:
-    return ""
-
-
 def connect_args(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for every asyncpg connection to the configured database."""
     args: dict[str, Any] = {
@@ -54,11 +49,7 @@ def connect_args(settings: Settings) -> dict[str, Any]:
         "ssl": ssl_argument(settings),
     }
     if settings.database_pool_mode == "transaction":
-        args |= {
-            "statement_cache_size": 0,  # asyncpg's own cache of named statements
-            "prepared_statement_cache_size": 0,  # SQLAlchemy's, on top of it
-            "prepared_statement_name_func": _unnamed_statement,
-        }
+        args |= transaction_pooling_args()
     return args
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from worker.unavailable import http_port_taken
+
 
 @dataclass
 class Readiness:
@@ -35,8 +37,15 @@ class HealthServer:
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (port 0 picks one); returns the port."""
-        self._server = await asyncio.start_server(self._serve, host, port)
+        """Listen on ``host:port`` (port 0 picks one); returns the port.
+
+        Raises :class:`~worker.unavailable.ServiceUnavailableError` naming
+        ``CHATSTORE_HTTP_PORT`` when the port is taken or cannot be used.
+        """
+        try:
+            self._server = await asyncio.start_server(self._serve, host, port)
+        except OSError as error:
+            raise http_port_taken(host, port, error) from error
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:

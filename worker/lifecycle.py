@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
-from typing import Final, cast
+from typing import cast
 
 import aio_pika
 import aiormq
@@ -24,22 +24,21 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker import topology
+from worker import exits, topology
 from worker.database import create_engine
 from worker.faults import Fault, classify
 from worker.health import HealthServer, Readiness
 from worker.ingest.backoff import Backoff
 from worker.ingest.batch import BatchPolicy
-from worker.ingest.consumer import BrokerLostError, Consumer, WatchdogError
+from worker.ingest.consumer import BrokerLostError, Consumer
 from worker.ingest.deadletter import DeadLetterRefusedError
 from worker.ingest.flush import FatalError, Flusher
+from worker.ingest.watchdog import WatchdogError
 from worker.metrics import Metrics
 from worker.settings import Settings
+from worker.unavailable import vhost_refused
 
 log = structlog.get_logger("chatstore.worker")
-
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
 
 # Failures a reconnect cannot cure: wrong credentials or permissions. (A
 # precondition failure is fatal only while declaring: see _declare.)
@@ -129,7 +128,7 @@ class _Worker:
                         drain_timeout_s=self._settings.drain_timeout_s,
                         note="unacknowledged deliveries return to the queue",
                     )
-                    return EXIT_FAILURE
+                    return exits.FAILURE
             return session.result()
         finally:
             stopping.cancel()
@@ -143,27 +142,27 @@ class _Worker:
                 if stop.is_set():
                     break
                 await self._session(stop)
-                return EXIT_OK
+                return exits.OK
             except FatalError as error:
                 log.error("worker.fatal", error=str(error), note="the queue is left as it is")
-                return EXIT_FAILURE
+                return exits.FAILURE
             except WatchdogError as error:
                 log.error("worker.stuck", error=str(error))
-                return EXIT_FAILURE
+                return exits.FAILURE
             except _BROKER_FATAL as error:
                 log.error("broker.refused", error=_short(error))
-                return EXIT_FAILURE
+                return exits.FAILURE
             except _BROKER_LOST as error:
                 if _is_tls_failure(error):  # a certificate will not fix itself
                     log.error("broker.tls_refused", error=_short(error))
-                    return EXIT_FAILURE
+                    return exits.FAILURE
                 self._readiness.broker = False
                 delay = self._backoff.delay(attempt)
                 attempt += 1
                 log.warning("broker.lost", error=_short(error), reconnect_in_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-        return EXIT_OK
+        return exits.OK
 
     async def _check_database(self, stop: asyncio.Event) -> None:
         """Wait for the database, and fail fast if the schema is not there."""
@@ -188,7 +187,14 @@ class _Worker:
 
     async def _session(self, stop: asyncio.Event) -> None:
         settings = self._settings
-        connection = await aio_pika.connect(settings.amqp_url, timeout=30)
+        try:
+            connection = await aio_pika.connect(settings.amqp_url, timeout=30)
+        except aiormq.exceptions.InvalidFrameError as error:
+            refused = vhost_refused(settings.amqp_url, error)
+            if refused is None:
+                raise
+            # No reconnect opens a vhost that is missing or closed to us.
+            raise refused from error
         async with connection:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=settings.prefetch_count)

@@ -59,6 +59,15 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aio-pika and aiormq narrate every frame at INFO; keep what matters.
-    for noisy in ("aio_pika", "aiormq"):
+    # aio-pika and aiormq narrate every frame at INFO, Alembic every plugin it
+    # loads; keep what matters (Alembic's "Running upgrade" lines stay).
+    for noisy in ("aio_pika", "aiormq", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aiormq.connection").addFilter(_drop_transport_errors)
+
+
+def _drop_transport_errors(record: logging.LogRecord) -> bool:
+    # aiormq logs a failed connect at ERROR and then raises it; the caller
+    # reports the same failure with the broker's name (a command's one line,
+    # the worker's broker.lost), so aiormq's copy would only say it twice.
+    return not record.getMessage().startswith("error when creating transport")

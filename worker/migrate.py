@@ -4,28 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
 from alembic import command
+from worker.unavailable import using_postgres
 
-# The checkout's alembic/ (an editable install; the wheel follows in the next commit).
-MIGRATIONS = Path(__file__).parents[1] / "alembic"
-MAINTENANCE_DATABASE = "postgres"
+MAINTENANCE_DATABASE: Final = "postgres"
+# The wheel carries the checkout's alembic/ as worker/migrations (pyproject's
+# force-include); an editable install runs the checkout's own folder.
+_INSTALLED: Final = Path(__file__).parent / "migrations"
+_CHECKOUT: Final = Path(__file__).parents[1] / "alembic"
+
+
+def script_location() -> Path:
+    """The folder of the migrations (``env.py`` and ``versions/``)."""
+    for folder in (_INSTALLED, _CHECKOUT):
+        if (folder / "env.py").is_file():
+            return folder
+    raise FileNotFoundError(f"the migrations are in neither {_INSTALLED} nor {_CHECKOUT}")
 
 
 def alembic_config(url: URL, connect_args: Mapping[str, Any] | None = None) -> Config:
     """An Alembic config for ``url`` that works from an installed package.
 
     ``connect_args`` (TLS above all: see worker.database.connect_args) reach
-    the engine of worker/migrations/env.py through ``config.attributes``.
+    the engine of alembic/env.py through ``config.attributes``.
     """
     config = Config()
     config.attributes["connect_args"] = dict(connect_args or {})
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(script_location()))
     # Alembic's config is an ini parser: a literal % must be doubled.
     config.set_main_option(
         "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
@@ -50,6 +61,11 @@ async def ensure_database(url: URL, connect_args: Mapping[str, Any] | None = Non
     Connecting to it first means a managed database that exists already needs
     no access to the maintenance database.
     """
+    with using_postgres(url):
+        return await _create_if_missing(url, connect_args)
+
+
+async def _create_if_missing(url: URL, connect_args: Mapping[str, Any] | None) -> bool:
     try:
         await (await asyncpg.connect(_asyncpg_dsn(url), **_asyncpg_args(connect_args))).close()
         return False
@@ -73,7 +89,8 @@ def upgrade(
     url: URL, revision: str = "head", connect_args: Mapping[str, Any] | None = None
 ) -> None:
     """Upgrade the schema at ``url`` (blocking; call it outside an event loop)."""
-    command.upgrade(alembic_config(url, connect_args), revision)
+    with using_postgres(url):
+        command.upgrade(alembic_config(url, connect_args), revision)
 
 
 def downgrade(url: URL, revision: str) -> None:

@@ -12,10 +12,20 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from pamqp.common import FieldTable
 
-EXCHANGE: Final = "chat.events"
+from contracts.routing import EXCHANGE, ROUTING_KEYS
+
+__all__ = [
+    "DLQ",
+    "DLQ_ARGUMENTS",
+    "EXCHANGE",
+    "QUEUE",
+    "ROUTING_KEYS",
+    "declare",
+    "queue_arguments",
+]
+
 QUEUE: Final = "chatstore.events"
 DLQ: Final = "chatstore.events.dlq"
-ROUTING_KEYS: Final = ("message.created", "conversation.archived")
 
 
 def queue_arguments(delivery_limit: int) -> FieldTable:

@@ -8,7 +8,6 @@ of the per-event cost on this path, and the loop needs neither.
 from __future__ import annotations
 
 import asyncio
-from typing import Final
 
 import aiormq
 import structlog
@@ -17,19 +16,13 @@ from worker.health import Readiness
 from worker.ingest.batch import BatchPolicy, Pending
 from worker.ingest.delivery import Delivery, delivery_tag
 from worker.ingest.flush import Flusher
+from worker.ingest.watchdog import watch
 
 log = structlog.get_logger("chatstore.consumer")
-
-WATCHDOG_STRIKES: Final = 2
-"""Idle checks in a row that find messages waiting before the worker gives up."""
 
 
 class BrokerLostError(Exception):
     """The channel closed under the consumer: reconnect; unacked deliveries return."""
-
-
-class WatchdogError(Exception):
-    """Messages wait in the queue but none arrive, even after consuming again."""
 
 
 class Consumer:
@@ -69,7 +62,7 @@ class Consumer:
         self._channel.closing.add_done_callback(lambda _: self._wake.set())
         helpers = [
             asyncio.create_task(self._wake_on(stop), name="consumer-stop"),
-            asyncio.create_task(self._watchdog(), name="consumer-watchdog"),
+            asyncio.create_task(self._watched(), name="consumer-watchdog"),
         ]
         try:
             async with self._consuming:
@@ -166,50 +159,43 @@ class Consumer:
             await self._channel.basic_nack(delivery_tag(returned[-1]), multiple=True, requeue=True)
         log.info("consumer.drained", returned=len(returned))
 
-    async def _watchdog(self) -> None:
-        """Consume again when deliveries stop while the queue holds messages.
+    # What the watchdog (worker/ingest/watchdog.py) looks at and does.
 
-        The broker can cancel a consumer (queue failover, deletion) and a
-        connection can stall without closing. Two idle checks in a row that
-        find messages waiting end the worker, so that it is restarted.
-        """
-        loop = asyncio.get_running_loop()
-        strikes = 0
-        while True:
-            await asyncio.sleep(self._watchdog_idle_s / 2)
-            try:
-                cancelled_by_broker = (
-                    self._consumer_tag is not None
-                    and self._consumer_tag not in self._channel.consumers
-                )
-                idle = loop.time() - self._last_delivery >= self._watchdog_idle_s
-                busy = self._flushing or self._paused or bool(self._pending)
-                if busy or (not cancelled_by_broker and not idle):
-                    strikes = 0
-                    continue
-                declared = await self._channel.queue_declare(self._queue, passive=True)
-                if not cancelled_by_broker and not declared.message_count:
-                    strikes = 0
-                    continue
-                strikes += 1
-                if strikes >= WATCHDOG_STRIKES:
-                    raise WatchdogError(
-                        f"{declared.message_count} messages wait in {self._queue} but none "
-                        f"arrived for {self._watchdog_idle_s * strikes:.0f} s"
-                    )
-                async with self._consuming:
-                    if self._flushing or self._paused or self._pending:
-                        continue  # things moved while we looked: not stuck
-                    log.warning(
-                        "watchdog.consume_again",
-                        waiting=declared.message_count,
-                        cancelled_by_broker=cancelled_by_broker,
-                    )
-                    await self._stop_consuming()
-                    await self._start_consuming()
-            except asyncio.CancelledError:
-                raise
-            except BaseException as error:  # handed to the loop, which raises it
-                self._failure = error
-                self._wake.set()
-                return
+    @property
+    def busy(self) -> bool:
+        """Whether deliveries are being written, held back or waiting to be."""
+        return self._flushing or self._paused or bool(self._pending)
+
+    @property
+    def cancelled_by_broker(self) -> bool:
+        """Whether the broker dropped our consumer (queue failover, deletion)."""
+        return self._consumer_tag is not None and self._consumer_tag not in self._channel.consumers
+
+    def idle_s(self) -> float:
+        """Seconds since the last delivery (or since consuming began)."""
+        return asyncio.get_running_loop().time() - self._last_delivery
+
+    async def waiting(self) -> int:
+        """Messages ready in the queue, as the broker counts them."""
+        declared = await self._channel.queue_declare(self._queue, passive=True)
+        return int(declared.message_count or 0)
+
+    async def consume_again(self, *, waiting: int, cancelled_by_broker: bool) -> None:
+        """Cancel the consumer and consume anew, unless things moved meanwhile."""
+        async with self._consuming:
+            if self.busy:
+                return  # deliveries arrived while the watchdog looked: not stuck
+            log.warning(
+                "watchdog.consume_again", waiting=waiting, cancelled_by_broker=cancelled_by_broker
+            )
+            await self._stop_consuming()
+            await self._start_consuming()
+
+    async def _watched(self) -> None:
+        try:
+            await watch(self, idle_s=self._watchdog_idle_s, queue=self._queue)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # handed to the loop, which raises it
+            self._failure = error
+            self._wake.set()

@@ -1,9 +1,11 @@
-"""The bench's own database and RabbitMQ vhost, made at start and removed at the end.
+"""A throwaway place to run real workers: a database and vhost of its own, worker
+processes, and waiting on state. The bench and the test suite both use it.
 
-A worker already running on the same servers keeps its database and its
-vhost untouched: every bench object lives in ``chatstore_bench_<random>``.
-Making a vhost needs ``rabbitmqctl`` on this machine (run as root or as the
-``rabbitmq`` user, who can read the Erlang cookie).
+A worker already running on the same servers is left alone: a sandbox's
+objects live in a database and a vhost named ``<prefix>_<random>``, and its
+workers serve no HTTP port. Making a vhost needs ``rabbitmqctl`` on this
+machine (run as root or as the ``rabbitmq`` user, who can read the Erlang
+cookie).
 """
 
 from __future__ import annotations
@@ -12,49 +14,43 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Self
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import aio_pika
 import asyncpg
 from sqlalchemy.engine import URL
 
-from worker import migrate
-from worker.settings import Settings
+from worker import migrate, topology
+from worker.settings import ENV_PREFIX, Settings
+from worker.unavailable import using_postgres
+
+POLL_S: Final = 0.05
+"""How often :func:`wait_for` looks again."""
 
 
-class BenchSetupError(Exception):
-    """The bench cannot make its database or vhost; the message says what is missing."""
+class SandboxError(Exception):
+    """The sandbox cannot be made; the message says what is missing."""
 
 
-@dataclass(frozen=True)
-class BenchEnvironment:
-    """Where the bench works, and the settings a worker needs to work there."""
+class WorkerFailedError(Exception):
+    """A worker process ended on its own, or did not stop cleanly on SIGTERM."""
 
-    name: str
-    database_url: URL  # postgresql+asyncpg, the bench database
-    amqp_url: str  # the bench vhost
-    settings: Settings  # the operator's settings, pointed at the two above
 
-    @property
-    def dsn(self) -> str:
-        """The bench database for asyncpg."""
-        return self.database_url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    def worker_environment(self) -> dict[str, str]:
-        """The process environment of a ``chatstore worker`` working here."""
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("CHATSTORE_")}
-        for name, value in self.settings.model_dump().items():
-            environment[f"CHATSTORE_{name.upper()}"] = str(value)
-        return environment
+# --- the servers -----------------------------------------------------------
 
 
 async def rabbitmqctl(*args: str) -> None:
+    """Run ``rabbitmqctl`` on this machine's broker; :class:`SandboxError` if it fails."""
     if shutil.which("rabbitmqctl") is None:
-        raise BenchSetupError(
-            "rabbitmqctl is not on PATH: the bench makes a vhost of its own with it"
-        )
+        raise SandboxError("rabbitmqctl is not on PATH: a sandbox makes its vhost with it")
     process = await asyncio.create_subprocess_exec(
         "rabbitmqctl",
         "--quiet",
@@ -65,10 +61,10 @@ async def rabbitmqctl(*args: str) -> None:
     _, stderr = await process.communicate()
     if process.returncode != 0:
         first = (stderr.decode(errors="replace").strip().splitlines() or ["failed"])[0]
-        raise BenchSetupError(f"rabbitmqctl {args[0]}: {first}")
+        raise SandboxError(f"rabbitmqctl {' '.join(args)}: {first}")
 
 
-def _with_vhost(amqp_url: str, vhost: str) -> tuple[str, str]:
+def with_vhost(amqp_url: str, vhost: str) -> tuple[str, str]:
     """The URL on ``vhost`` instead of its own, and the URL's user name."""
     parts = urlsplit(amqp_url)
     user = unquote(parts.username or "guest")
@@ -83,19 +79,32 @@ async def _execute(dsn: str, sql: str) -> None:
         await connection.close()
 
 
-@contextlib.asynccontextmanager
-async def bench_environment(
-    settings: Settings, *, keep: bool = False
-) -> AsyncIterator[BenchEnvironment]:
-    """Make the bench database (migrated to head) and vhost; remove both on exit.
+@dataclass(frozen=True)
+class Sandbox:
+    """Where a sandbox is, and the settings a worker needs to work there."""
 
-    ``keep`` leaves them in place, for looking at plans and rows afterwards.
-    """
-    name = f"chatstore_bench_{uuid.uuid4().hex[:10]}"
+    name: str
+    database_url: URL  # postgresql+asyncpg, the sandbox's database
+    amqp_url: str  # the sandbox's vhost
+    settings: Settings  # the operator's settings, pointed at the two above
+
+    @property
+    def dsn(self) -> str:
+        """The sandbox's database for asyncpg."""
+        return self.database_url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def sandbox(
+    settings: Settings, *, prefix: str = "chatstore_sandbox", keep: bool = False
+) -> AsyncIterator[Sandbox]:
+    """Make a database (migrated to head) and a vhost on ``settings``' servers;
+    remove both on exit. ``keep`` leaves them, for looking at plans and rows."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     database_url = settings.sqlalchemy_url.set(database=name)
     maintenance = database_url.set(drivername="postgresql", database=migrate.MAINTENANCE_DATABASE)
-    amqp_url, user = _with_vhost(settings.amqp_url, name)
-    bench_settings = settings.model_copy(
+    amqp_url, user = with_vhost(settings.amqp_url, name)
+    sandbox_settings = settings.model_copy(
         update={
             "database_url": database_url.set(drivername="postgresql").render_as_string(
                 hide_password=False
@@ -104,7 +113,6 @@ async def bench_environment(
             "http_port": 0,  # a worker on the usual port may be running here
         }
     )
-    environment = BenchEnvironment(name, database_url, amqp_url, bench_settings)
     await rabbitmqctl("add_vhost", name)
     try:
         await rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
@@ -112,13 +120,201 @@ async def bench_environment(
         try:
             # Alembic runs its own event loop; keep it off this one.
             await asyncio.to_thread(migrate.upgrade, database_url)
-            yield environment
+            yield Sandbox(name, database_url, amqp_url, sandbox_settings)
         finally:
             if not keep:
-                await _execute(
-                    maintenance.render_as_string(hide_password=False),
-                    f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-                )
+                with using_postgres(maintenance):
+                    await _execute(
+                        maintenance.render_as_string(hide_password=False),
+                        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                    )
     finally:
         if not keep:
             await rabbitmqctl("delete_vhost", name)
+
+
+# The probes raise what aio-pika raises (ChannelNotFoundEntity while no
+# worker has declared the queue): the callers wait on exactly that.
+async def queue_depth(amqp_url: str, queue: str = topology.QUEUE) -> int:
+    """Messages ready in ``queue``, not counting those delivered and unacknowledged."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
+async def consumer_count(amqp_url: str, queue: str = topology.QUEUE) -> int:
+    """How many consumers ``queue`` has: a started worker counts once it consumes."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.consumer_count or 0)
+
+
+# --- worker processes ------------------------------------------------------
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The process environment that gives a ``chatstore`` process these settings."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for name, value in settings.model_dump().items():
+        environment[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return environment
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set so far (VmHWM), in KiB; 0 if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+class WorkerProcess:
+    """A real ``chatstore worker`` process (``python -m worker``), for signals and crashes.
+
+    Each start logs to a file of its own beside ``log_path``
+    (``worker.0.log``, ``worker.1.log``, ...).
+    """
+
+    def __init__(self, settings: Settings, log_path: Path, command: Sequence[str] = ("worker",)):
+        self._environment = worker_environment(settings)
+        self._log_path = log_path
+        self._command = tuple(command)
+        self._logs: list[Path] = []  # one per start
+        self.process: subprocess.Popen[bytes] | None = None
+        self.peak_rss_kib = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    def start(self) -> Self:
+        path = self._log_path.with_suffix(f".{len(self._logs)}{self._log_path.suffix}")
+        self._logs.append(path)
+        with path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "worker", *self._command],
+                env=self._environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def send(self, signum: signal.Signals) -> None:
+        assert self.process is not None, "not started"
+        self.process.send_signal(signum)
+
+    async def wait(self, within_s: float = 30) -> int:
+        """The exit code, once the process has ended."""
+        assert self.process is not None, "not started"
+        return await asyncio.to_thread(self.process.wait, within_s)
+
+    def check_alive(self) -> None:
+        """Raise :class:`WorkerFailedError` if the process ended; record its peak RSS."""
+        assert self.process is not None, "not started"
+        if self.process.poll() is not None:
+            raise WorkerFailedError(
+                f"worker {self.pid} exited with {self.process.returncode}; see {self._logs[-1]}"
+            )
+        # VmHWM is gone with the process: keep the latest reading.
+        self.peak_rss_kib = max(self.peak_rss_kib, peak_rss_kib(self.pid))
+
+    async def stop(self, within_s: float) -> None:
+        """SIGTERM, then wait for exit 0 (the worker drains what it holds)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.check_alive()
+        self.send(signal.SIGTERM)
+        try:
+            code = await self.wait(within_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise WorkerFailedError(f"worker {self.pid} ignored SIGTERM for {within_s} s") from None
+        if code != 0:
+            raise WorkerFailedError(f"worker {self.pid} exited with {code}; see {self._logs[-1]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    async def wait_consuming(self, within_s: float = 30) -> None:
+        """Until the latest start logs that it consumes (its signal handlers are set)."""
+
+        async def consuming() -> bool:
+            return "worker.consuming" in self._logs[-1].read_text(errors="replace")
+
+        await wait_for(consuming, within_s=within_s, what="the worker consuming", processes=[self])
+
+    def log(self) -> str:
+        """Everything every start of this worker logged, in order."""
+        return "".join(path.read_text(errors="replace") for path in self._logs)
+
+
+@contextlib.asynccontextmanager
+async def running_workers(
+    place: Sandbox, count: int, log_dir: Path
+) -> AsyncIterator[list[WorkerProcess]]:
+    """``count`` worker processes in ``place``, all consuming by the time this yields.
+
+    They are stopped with SIGTERM on exit (killed if that fails). Waiting for
+    them to consume matters twice: a worker signalled while it still starts
+    dies of the signal instead of draining, and a measurement of two workers
+    should not run while only one of them works.
+    """
+    workers = [WorkerProcess(place.settings, log_dir / f"worker-{n}.log") for n in range(count)]
+    try:
+        for worker in workers:
+            worker.start()
+
+        async def all_consuming() -> bool:
+            return await consumer_count(place.amqp_url) >= count
+
+        await wait_for(
+            all_consuming,
+            within_s=60,
+            what=f"{count} worker(s) to consume",
+            every_s=0.1,
+            processes=workers,
+        )
+        yield workers
+        drain = place.settings.drain_timeout_s + 10
+        await asyncio.gather(*(worker.stop(drain) for worker in workers))
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+# --- waiting on state ------------------------------------------------------
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    within_s: float = 30,
+    what: str = "a condition",
+    every_s: float = POLL_S,
+    processes: Iterable[WorkerProcess] = (),
+) -> None:
+    """Poll ``check`` until it holds; :class:`TimeoutError` after ``within_s`` seconds.
+
+    A process of ``processes`` that ends meanwhile fails the wait at once
+    (:class:`WorkerFailedError`), instead of letting it run out.
+    """
+    watched = list(processes)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await check():
+        for process in watched:
+            process.check_alive()
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {within_s:g} s waiting for {what}")
+        await asyncio.sleep(every_s)
+    for process in watched:
+        process.check_alive()

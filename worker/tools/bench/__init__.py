@@ -10,10 +10,6 @@ Scenarios, all in a database and vhost of the bench's own (see
 - (e) ``reads``: repository read latency with concurrent readers;
 - (f) ``rss``: the worker's peak memory while a large backlog waits.
 
-The CLI calls :func:`add_arguments` to build the subcommand and :func:`run`
-to execute it.
+The CLI builds the subcommand with ``options.add_arguments`` and, only when
+``chatstore bench`` runs, imports ``command.run`` to execute it.
 """
-
-from worker.tools.bench.command import add_arguments, run
-
-__all__ = ["add_arguments", "run"]

@@ -1,4 +1,6 @@
-"""The bench's view of its vhost: the worker's topology, queue depths, purging."""
+"""The bench's view of its vhost: the worker's topology, purging, the broker's version.
+
+Queue depths and consumer counts are :mod:`worker.tools.sandbox`'s."""
 
 from __future__ import annotations
 
@@ -12,22 +14,6 @@ async def declare(amqp_url: str, delivery_limit: int) -> None:
     """Declare what a worker declares, so events published before it starts wait."""
     async with await aio_pika.connect(amqp_url) as connection:
         await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
-
-
-async def depth(amqp_url: str, queue: str = topology.QUEUE) -> int:
-    """Messages ready in ``queue``, not counting those delivered and unacknowledged."""
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-
-
-async def consumers(amqp_url: str, queue: str = topology.QUEUE) -> int:
-    """How many consumers ``queue`` has: a started worker counts once it consumes."""
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.consumer_count or 0)
 
 
 async def purge(amqp_url: str) -> None:

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.tools.bench import broker, database, naive, raw
-from worker.tools.bench.processes import running_workers, wait_until
 from worker.tools.bench.publisher import publish_all
 from worker.tools.bench.stats import mib, rate
 from worker.tools.bench.workload import Workload, user_ids
-from worker.tools.sandbox import BenchEnvironment
+from worker.tools.sandbox import Sandbox, running_workers, wait_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +33,13 @@ class IngestResult:
     peak_rss_mib: float | None = None
 
 
-async def _prefill(environment: BenchEnvironment, bodies: list[bytes], label: str) -> None:
+async def _prefill(environment: Sandbox, bodies: list[bytes], label: str) -> None:
     await database.reset(environment.dsn, user_ids())
     await broker.purge(environment.amqp_url)
     await publish_all(environment.amqp_url, bodies, total=len(bodies), label=label)
 
 
-async def run_raw(environment: BenchEnvironment, bodies: list[bytes]) -> IngestResult:
+async def run_raw(environment: Sandbox, bodies: list[bytes]) -> IngestResult:
     await _prefill(environment, bodies, "(a) filling")
     settings = environment.settings
     result = await raw.consume_and_ack(
@@ -53,7 +52,7 @@ async def run_raw(environment: BenchEnvironment, bodies: list[bytes]) -> IngestR
     return IngestResult(result.events, result.events, result.seconds, result.events_per_s)
 
 
-async def run_naive(environment: BenchEnvironment, bodies: list[bytes]) -> IngestResult:
+async def run_naive(environment: Sandbox, bodies: list[bytes]) -> IngestResult:
     await _prefill(environment, bodies, "(b) filling")
     result = await naive.consume_one_by_one(
         environment, len(bodies), timeout_s=60 + len(bodies) / 100
@@ -62,7 +61,7 @@ async def run_naive(environment: BenchEnvironment, bodies: list[bytes]) -> Inges
 
 
 async def run_workers(
-    environment: BenchEnvironment, bodies: list[bytes], processes: int, log_dir: Path
+    environment: Sandbox, bodies: list[bytes], processes: int, log_dir: Path
 ) -> IngestResult:
     await _prefill(environment, bodies, f"(c) filling for {processes}")
     dsn = environment.dsn
@@ -74,9 +73,10 @@ async def run_workers(
             async def all_written() -> bool:
                 return await database.committed_rows(dsn) >= len(bodies)
 
-            await wait_until(
+            await wait_for(
                 all_written,
-                workers,
+                processes=workers,
+                every_s=0.1,  # a count(*) each time: light enough beside the workers
                 within_s=60 + len(bodies) / 500,
                 what=f"{len(bodies)} events written by {processes} worker(s)",
             )

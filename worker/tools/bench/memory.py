@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.tools.bench import broker, database
-from worker.tools.bench.processes import running_workers
 from worker.tools.bench.publisher import publish_all
 from worker.tools.bench.stats import mib
 from worker.tools.bench.workload import Workload, user_ids
-from worker.tools.sandbox import BenchEnvironment
+from worker.tools.sandbox import Sandbox, queue_depth, running_workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +29,7 @@ class MemoryResult:
 
 
 async def run_memory(
-    environment: BenchEnvironment, *, backlog: int, seconds: float, log_dir: Path
+    environment: Sandbox, *, backlog: int, seconds: float, log_dir: Path
 ) -> MemoryResult:
     dsn = environment.dsn
     await database.reset(dsn, user_ids())
@@ -46,7 +45,7 @@ async def run_memory(
             worker.check_alive()  # records VmHWM, and fails if the worker died
             await asyncio.sleep(0.5)
         worker.check_alive()
-        waiting = await broker.depth(environment.amqp_url)
+        waiting = await queue_depth(environment.amqp_url)
     consumed = await database.fetch_value(dsn, "SELECT count(*) FROM messages")
     assert isinstance(consumed, int)
     await broker.purge(environment.amqp_url)

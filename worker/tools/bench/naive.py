@@ -22,14 +22,14 @@ from contracts.models import conversations, messages
 from worker import topology
 from worker.tools.bench.raw import ConsumeResult
 from worker.tools.bench.stats import rate
-from worker.tools.sandbox import BenchEnvironment
+from worker.tools.sandbox import Sandbox
 
 PREFETCH = 100
 """Enough that the broker never waits for the consumer; the naive design's own cost is the point."""
 
 
 async def consume_one_by_one(
-    environment: BenchEnvironment, events: int, *, timeout_s: float
+    environment: Sandbox, events: int, *, timeout_s: float
 ) -> ConsumeResult:
     """Store ``events`` deliveries one transaction each; clock from first delivery to last ack."""
     engine = create_async_engine(environment.database_url, pool_size=1, max_overflow=0)

@@ -8,7 +8,7 @@ latencies in seconds.
 
 Each reader loops without pause (a closed loop): the recent-50 conversations
 of a random user, then the last-20 history of one of that user's
-conversations, both through :class:`contracts.history.repository.Repository`, as an
+conversations, both through :class:`contracts.history.Repository`, as an
 application would call them.
 """
 
@@ -26,7 +26,7 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from contracts.history.repository import Repository
+from contracts.history import Repository
 
 
 async def _reader(

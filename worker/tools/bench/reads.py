@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from worker.tools.bench import database, fill
 from worker.tools.bench.stats import Percentiles, summarise
-from worker.tools.sandbox import BenchEnvironment
+from worker.tools.sandbox import Sandbox
 
 
 class ReaderFailedError(Exception):
@@ -37,7 +37,7 @@ class ReadResult:
 
 
 async def run_reads(
-    environment: BenchEnvironment, *, messages: int, readers: int, processes: int, seconds: float
+    environment: Sandbox, *, messages: int, readers: int, processes: int, seconds: float
 ) -> ReadResult:
     """One reader first (what a query costs), then ``readers`` at once (what they wait)."""
     await database.stop_commit_clock(environment.dsn)
@@ -59,7 +59,7 @@ async def run_reads(
 
 
 async def _read(
-    environment: BenchEnvironment, *, readers: int, processes: int, seconds: float
+    environment: Sandbox, *, readers: int, processes: int, seconds: float
 ) -> tuple[list[float], list[float]]:
     """Latencies of the conversation lists and of the histories read."""
     processes = max(1, min(processes, readers))

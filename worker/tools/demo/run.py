@@ -13,34 +13,24 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import MessageCreated, Publisher
-from worker import topology
+from worker import exits, topology
 from worker.database import create_engine
 from worker.settings import Settings
 from worker.tools.demo.stream import DemoPlan, plan
 from worker.tools.dlq.inspect import inspect
 from worker.tools.progress import Progress
+from worker.tools.sandbox import consumer_count, wait_for
+from worker.unavailable import rabbitmq_connection, using_postgres
 
 WORKER_WAIT_S: Final = 30
 STALL_S: Final = 20
 
 
-async def _consumers(amqp_url: str) -> int:
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(topology.QUEUE, passive=True)
-        return int(queue.declaration_result.consumer_count or 0)
-
-
-async def _wait_for_worker(amqp_url: str) -> bool:
-    deadline = time.monotonic() + WORKER_WAIT_S
-    while time.monotonic() < deadline:
-        try:
-            if await _consumers(amqp_url):
-                return True
-        except aio_pika.exceptions.ChannelNotFoundEntity:
-            pass  # no worker has declared the queue yet
-        await asyncio.sleep(0.5)
-    return False
+async def _worker_consumes(amqp_url: str) -> bool:
+    try:
+        return await consumer_count(amqp_url) > 0
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False  # no worker has declared the queue yet
 
 
 async def _stored(engine: AsyncEngine, demo: DemoPlan) -> int:
@@ -67,7 +57,7 @@ async def _publish(settings: Settings, demo: DemoPlan, rate_per_s: float) -> Non
     if not report.complete:
         raise RuntimeError(f"{len(report.unsent)} demo events could not be sent")
     # A buggy publisher's events go around the contract's models.
-    async with await aio_pika.connect(settings.amqp_url) as connection:
+    async with rabbitmq_connection(settings.amqp_url) as connection:
         channel = await connection.channel()
         exchange = await channel.get_exchange(topology.EXCHANGE, ensure=False)
         for raw in demo.invalid:
@@ -124,23 +114,33 @@ async def run_demo(
     settings: Settings, *, messages: int, conversations: int, users: int, rate_per_s: float
 ) -> int:
     """Publish a demo stream and summarise what the worker stored; the exit code."""
-    if not await _wait_for_worker(settings.amqp_url):
+    async with rabbitmq_connection(settings.amqp_url):
+        pass  # a broker that is down or refuses us is named here, in one line
+    try:
+        await wait_for(
+            lambda: _worker_consumes(settings.amqp_url),
+            within_s=WORKER_WAIT_S,
+            every_s=0.5,
+            what="a worker",
+        )
+    except TimeoutError:
         print("no worker consumes chatstore.events: start `chatstore worker` (scripts/run does)")
-        return 1
+        return exits.FAILURE
     demo = plan(
         messages=messages, conversations=conversations, users=users, seed=random.randrange(2**32)
     )
     engine = create_engine(settings)
     try:
-        async with engine.begin() as connection:
-            # The application owns users; the demo brings its own.
-            await connection.execute(
-                text(
-                    "INSERT INTO users (id) SELECT unnest(CAST(:ids AS varchar[])) "
-                    "ON CONFLICT DO NOTHING"
-                ),
-                {"ids": demo.users},
-            )
+        with using_postgres(settings.sqlalchemy_url):
+            async with engine.begin() as connection:
+                # The application owns users; the demo brings its own.
+                await connection.execute(
+                    text(
+                        "INSERT INTO users (id) SELECT unnest(CAST(:ids AS varchar[])) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    {"ids": demo.users},
+                )
         dead_before = (await inspect(settings.amqp_url)).by_reason
         await _publish(settings, demo, rate_per_s)
 

@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import aio_pika
-
 from worker.tools.dlq.letters import Letter, read_letter
 from worker.tools.progress import Progress
 from worker.topology import DLQ
+from worker.unavailable import rabbitmq_connection
 
 
 @dataclass
@@ -70,7 +69,7 @@ def _iso(when: datetime | None) -> str | None:
 async def inspect(amqp_url: str, *, samples_per_reason: int = 2) -> Summary:
     """Read every letter in the DLQ and put each one back."""
     summary = Summary()
-    async with await aio_pika.connect(amqp_url) as connection:
+    async with rabbitmq_connection(amqp_url) as connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(DLQ, passive=True)
         waiting = queue.declaration_result.message_count or 0

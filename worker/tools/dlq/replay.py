@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from worker.tools.dlq.letters import REPLAYS_HEADER, Letter, read_letter, routing_key_for
 from worker.tools.progress import Progress
 from worker.topology import DLQ, EXCHANGE
+from worker.unavailable import rabbitmq_connection
 
 # Headers that described the letter's death, not the event: a replayed event
 # starts clean (the broker's own x-death history is kept).
@@ -106,7 +107,7 @@ async def replay(
 ) -> ReplayReport:
     """Move matching letters from the DLQ back to ``chat.events``."""
     report = ReplayReport(dry_run=dry_run)
-    async with await aio_pika.connect(amqp_url) as connection:
+    async with rabbitmq_connection(amqp_url) as connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(EXCHANGE, ensure=False)
         queue = await channel.declare_queue(DLQ, passive=True)

@@ -1,0 +1,139 @@
+"""A command that cannot use a server or a port says which, in one line, with the right code.
+
+Each error is raised where the connection or the socket is opened
+(worker/unavailable.py), so the line names the service that failed: the
+HTTP port, PostgreSQL or RabbitMQ, never a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from sqlalchemy.engine import URL
+
+from tests.harness import WorkerProcess, free_port, worker_environment, worker_settings
+from tests.services import Services
+from worker import exits
+from worker.settings import Settings
+
+
+def _run(settings: Settings, *command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *command],
+        env=worker_environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+async def _run_async(
+    settings: Settings, *command: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(_run, settings, *command, cwd=cwd)
+
+
+def _on_vhost(amqp_url: str, vhost: str, **credentials: Any) -> str:
+    parts = urlsplit(amqp_url)
+    user = credentials.get("user", parts.username)
+    password = credentials.get("password", parts.password)
+    return f"amqp://{user}:{password}@{parts.hostname}:{parts.port}/{quote(vhost, safe='')}"
+
+
+async def test_a_second_worker_on_the_same_http_port_exits_2_naming_chatstore_http_port(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    shared = settings.model_copy(update={"http_port": port})
+    first = WorkerProcess(shared, tmp_path / "first.log").start()
+    try:
+        await first.wait_consuming()
+        second = await _run_async(shared, "worker", cwd=tmp_path)
+        assert second.returncode == exits.USAGE, second.stderr
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert second.stderr.startswith(
+            f"chatstore: cannot use the HTTP port {port} (CHATSTORE_HTTP_PORT): it is in use"
+        )
+        assert "or to 0 to turn" in second.stderr
+        assert "PostgreSQL" not in second.stderr
+        first.check_alive()  # the first one never noticed
+    finally:
+        first.kill()
+
+
+async def test_an_http_host_that_is_not_this_machines_is_a_configuration_error(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this host: binding fails at once,
+    # and nothing is sent anywhere.
+    bad = settings.model_copy(update={"http_host": "192.0.2.1", "http_port": free_port()})
+    result = await _run_async(bad, "worker", cwd=tmp_path)
+    assert result.returncode == exits.USAGE, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "CHATSTORE_HTTP_HOST" in result.stderr
+    assert "(CHATSTORE_HTTP_PORT)" in result.stderr
+
+
+async def test_a_vhost_that_does_not_exist_gets_a_line_of_its_own(
+    database_url: URL, services_amqp_url: str, tmp_path: Path
+) -> None:
+    missing = f"chatstore_test_missing_{uuid.uuid4().hex[:8]}"
+    settings = worker_settings(database_url, _on_vhost(services_amqp_url, missing))
+    for command in (("worker",), ("dlq", "inspect")):
+        result = await _run_async(settings, *command, cwd=tmp_path)
+        assert result.returncode == exits.USAGE, (command, result.stderr)
+        assert result.stderr.count("\n") == 1, (command, result.stderr)
+        assert f"the vhost '{missing}' does not exist, or the user " in result.stderr
+        assert "Connection.OpenOk" not in result.stderr
+
+
+async def test_a_vhost_the_user_may_not_open_gets_the_same_line_without_the_password(
+    database_url: URL, amqp_url: str, services: Services, tmp_path: Path
+) -> None:
+    user, password = f"chatstore-outsider-{uuid.uuid4().hex[:8]}", "outsider-secret-1"
+    await services.rabbitmqctl(["add_user", user, password])
+    try:
+        vhost = urlsplit(amqp_url).path.lstrip("/")
+        url = _on_vhost(amqp_url, vhost, user=user, password=password)
+        result = await _run_async(
+            worker_settings(database_url, url), "dlq", "inspect", cwd=tmp_path
+        )
+        assert result.returncode == exits.USAGE, result.stderr
+        assert f"the user '{user}' may not open it" in result.stderr
+        assert password not in result.stdout + result.stderr
+    finally:
+        await services.rabbitmqctl(["delete_user", user])
+
+
+async def test_a_broker_nobody_answers_on_is_named_and_exits_1(
+    database_url: URL, tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens there: refused at once
+    settings = worker_settings(database_url, f"amqp://guest:hunter2@127.0.0.1:{port}/")
+    for command in (("dlq", "inspect"), ("dlq", "replay", "--dry-run"), ("demo",)):
+        result = await _run_async(settings, *command, cwd=tmp_path)
+        assert result.returncode == exits.FAILURE, (command, result.stderr)
+        assert result.stderr.count("\n") == 1, (command, result.stderr)
+        assert result.stderr.startswith(f"chatstore: cannot use RabbitMQ at 127.0.0.1:{port}/:")
+        assert "hunter2" not in result.stderr
+
+
+async def test_a_missing_dead_letter_queue_is_named_as_the_brokers_answer(
+    database_url: URL, amqp_url: str, tmp_path: Path
+) -> None:
+    # A vhost where no worker has declared the topology yet.
+    result = await _run_async(
+        worker_settings(database_url, amqp_url), "dlq", "inspect", cwd=tmp_path
+    )
+    assert result.returncode == exits.FAILURE, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "cannot use RabbitMQ at" in result.stderr
+    assert "no queue 'chatstore.events.dlq'" in result.stderr

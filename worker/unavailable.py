@@ -1,0 +1,154 @@
+"""The one error a command raises when a server or a port it needs cannot be used.
+
+It is raised where the connection or the listening socket is opened, which is
+the only place that knows which service it was, and it carries that name:
+``cli.main`` prints it and exits with its code, guessing nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import aiormq
+import asyncpg
+import sqlalchemy.exc
+from aio_pika.abc import AbstractConnection
+from sqlalchemy.engine import URL
+
+from worker import exits
+
+
+class ServiceUnavailableError(Exception):
+    """``service`` (named as the operator configures it) cannot be used, because ``reason``.
+
+    ``exit_code`` is :data:`exits.USAGE` when the configuration must change
+    (a port taken, a vhost that does not exist), else :data:`exits.FAILURE`.
+    """
+
+    def __init__(self, service: str, reason: str, *, exit_code: int = exits.FAILURE) -> None:
+        super().__init__(f"cannot use {service}: {reason}")
+        self.service = service
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+def short(error: BaseException) -> str:
+    """The first line of an error, or its type's name when it has no message."""
+    lines = str(error).splitlines()
+    return lines[0][:300] if lines and lines[0] else type(error).__name__
+
+
+def postgres_at(url: URL) -> str:
+    """How an operator knows the database: never its password."""
+    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
+def rabbitmq_at(amqp_url: str) -> str:
+    """How an operator knows the broker: host, port and vhost, never credentials."""
+    parts = urlsplit(amqp_url)
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    try:
+        port = parts.port or default_port
+    except ValueError:  # a port that is not a number
+        port = default_port
+    return f"RabbitMQ at {parts.hostname or 'localhost'}:{port}/{unquote(parts.path[1:])}"
+
+
+# Failures of a PostgreSQL connection or statement, as asyncpg raises them
+# directly and as SQLAlchemy wraps them.
+_POSTGRES_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    sqlalchemy.exc.DBAPIError,
+)
+
+
+@contextlib.contextmanager
+def using_postgres(url: URL) -> Iterator[None]:
+    """Inside it, a failure to reach or use PostgreSQL at ``url`` is named as such."""
+    try:
+        yield
+    except _POSTGRES_ERRORS as error:
+        raise ServiceUnavailableError(postgres_at(url), short(error)) from error
+
+
+def http_port_taken(host: str, port: int, error: OSError) -> ServiceUnavailableError:
+    """The error for a health port that cannot be listened on: a configuration problem."""
+    service = f"the HTTP port {port} (CHATSTORE_HTTP_PORT)"
+    if error.errno == errno.EADDRINUSE:
+        reason = (
+            "it is in use, perhaps by another chatstore worker on this host; set "
+            "CHATSTORE_HTTP_PORT to a free port, or to 0 to turn /metrics, /healthz "
+            "and /readyz off"
+        )
+    else:
+        reason = (
+            f"cannot listen on {host}:{port} ({short(error)}); check CHATSTORE_HTTP_HOST "
+            "and CHATSTORE_HTTP_PORT, or set CHATSTORE_HTTP_PORT=0 to turn them off"
+        )
+    return ServiceUnavailableError(service, reason, exit_code=exits.USAGE)
+
+
+def vhost_refused(amqp_url: str, error: BaseException) -> ServiceUnavailableError | None:
+    """The configuration error behind ``error`` if the broker refused the vhost, else None."""
+    # RabbitMQ answers Connection.Open for a vhost that does not exist, or that
+    # the user may not open, with Connection.Close (530 NOT_ALLOWED). aiormq
+    # reports that as an unexpected frame, without the broker's reply text.
+    refused = isinstance(error, aiormq.exceptions.InvalidFrameError) and (
+        "Connection.OpenOk" in str(error) and "Connection.Close" in str(error)
+    )
+    if not refused:
+        return None
+    parts = urlsplit(amqp_url)
+    user, vhost = unquote(parts.username or "guest"), unquote(parts.path[1:]) or "/"
+    return ServiceUnavailableError(
+        rabbitmq_at(amqp_url),
+        f"the vhost {vhost!r} does not exist, or the user {user!r} may not open it; "
+        "check the vhost in CHATSTORE_AMQP_URL (rabbitmqctl list_vhosts, "
+        "list_user_permissions)",
+        exit_code=exits.USAGE,
+    )
+
+
+async def connect_rabbitmq(amqp_url: str, *, timeout_s: float = 30) -> AbstractConnection:
+    """A connection to the broker, or a :class:`ServiceUnavailableError` naming it.
+
+    Wrong credentials and a vhost that cannot be opened are configuration
+    (exit 2); a broker that cannot be reached is a failure (exit 1).
+    """
+    where = rabbitmq_at(amqp_url)
+    try:
+        return await aio_pika.connect(amqp_url, timeout=timeout_s)
+    except aiormq.exceptions.ProbableAuthenticationError as error:
+        raise ServiceUnavailableError(
+            where,
+            f"the broker refused the login ({short(error)}); check the user and password "
+            "in CHATSTORE_AMQP_URL",
+            exit_code=exits.USAGE,
+        ) from error
+    except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as error:
+        raise vhost_refused(amqp_url, error) or ServiceUnavailableError(
+            where, short(error)
+        ) from error
+
+
+@contextlib.asynccontextmanager
+async def rabbitmq_connection(amqp_url: str) -> AsyncIterator[AbstractConnection]:
+    """A connection from :func:`connect_rabbitmq`, closed on exit; inside the block, a
+    broker that fails or refuses an operation is named as such too.
+
+    That covers a queue that is not there (no worker has declared it yet), a
+    channel closed under us, and a connection lost midway.
+    """
+    connection = await connect_rabbitmq(amqp_url)
+    try:
+        async with connection:
+            yield connection
+    except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as error:
+        raise ServiceUnavailableError(rabbitmq_at(amqp_url), short(error)) from error
