@@ -50,19 +50,11 @@ def test_migrations_are_found_in_the_checkouts_alembic_folder() -> None:
 async def test_the_alembic_command_upgrades_and_checks_from_the_checkout(
     empty_database_url: URL,
 ) -> None:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("CHATSTORE_")}
-    environment["CHATSTORE_DATABASE_URL"] = empty_database_url.render_as_string(hide_password=False)
-    alembic = Path(sys.executable).with_name("alembic")
+    alembic = str(Path(sys.executable).with_name("alembic"))
+    database_url = empty_database_url.render_as_string(hide_password=False)
     for arguments in (["upgrade", "head"], ["check"], ["current"]):
         result = await asyncio.to_thread(
-            subprocess.run,
-            [str(alembic), *arguments],
-            cwd=ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+            run_program, alembic, *arguments, database_url=database_url, cwd=ROOT
         )
         assert result.returncode == 0, (arguments, result.stderr)
     assert "0001 (head)" in result.stdout
@@ -180,13 +172,14 @@ async def test_the_schema_has_every_index_and_constraint_of_the_contract(
     }
 
 
-def run_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_program(*argv: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``argv`` with CHATSTORE_DATABASE_URL as the only chatstore setting."""
     environment = {
         key: value for key, value in os.environ.items() if not key.startswith("CHATSTORE_")
     }
     environment["CHATSTORE_DATABASE_URL"] = database_url
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        argv,
         capture_output=True,
         text=True,
         env=environment,
@@ -194,6 +187,10 @@ def run_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedPro
         timeout=60,
         check=False,
     )
+
+
+def run_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_program(sys.executable, "-m", "worker", *args, database_url=database_url, cwd=cwd)
 
 
 async def test_migrate_creates_a_missing_database_and_a_second_run_changes_nothing(

@@ -157,6 +157,6 @@ async def run_demo(
         await asyncio.sleep(1)  # the invalid events come last; let them be refused
         dead = (await inspect(settings.amqp_url)).by_reason - dead_before
         print(await _summary(engine, demo, dead))
-        return 0 if seen == expected else 1
+        return exits.OK if seen == expected else exits.FAILURE
     finally:
         await engine.dispose()
