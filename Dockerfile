@@ -1,10 +1,11 @@
 # chatstore's image: `docker build -t chatstore .`, then `chatstore worker`
 # (the default) or `chatstore migrate`. See docs/DEPLOYMENT.md.
 #
-# Two stages: the first installs chatstore and its dependencies into a
-# virtual environment (every dependency ships as a wheel, so no compiler is
-# needed, but whatever a build would need stays in this stage); the second is
-# the slim Python runtime plus that environment, run by an unprivileged user.
+# Two stages: the first builds chatstore's wheel from the sources and installs
+# that wheel file, with its dependencies, into a virtual environment (every
+# dependency ships as a wheel, so no compiler is needed, but whatever a build
+# would need stays in this stage); the second is the slim Python runtime plus
+# that environment, run by an unprivileged user.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -13,11 +14,19 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/chatstore
 WORKDIR /src
-# What the package is made of, and nothing else (.dockerignore keeps out the rest).
+# What the wheel is made of, and nothing else (.dockerignore keeps out the rest):
+# alembic/ is the migrations, which the wheel carries as worker/migrations.
 COPY pyproject.toml README.md ./
+COPY alembic ./alembic
 COPY contracts ./contracts
 COPY worker ./worker
-RUN /opt/chatstore/bin/pip install --no-compile . \
+# The wheel, not the source tree, is installed: the image runs exactly what
+# tests/test_wheel.py installs and migrates with, and a file the wheel leaves
+# out is missing here too. The venv's own pip builds it (in an isolated
+# environment, so the build backend never enters /opt/chatstore), and is then
+# removed with setuptools: the runtime installs nothing.
+RUN /opt/chatstore/bin/pip wheel --no-deps --wheel-dir /wheels . \
+    && /opt/chatstore/bin/pip install --no-compile /wheels/chatstore-*.whl \
     && /opt/chatstore/bin/pip uninstall --yes pip setuptools \
     && /opt/chatstore/bin/python -m compileall -q /opt/chatstore
 
@@ -33,11 +42,15 @@ ENV PATH=/opt/chatstore/bin:$PATH \
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 9100
-# /healthz answers while the event loop runs (docs/DEPLOYMENT.md); port 9100
-# is CHATSTORE_HTTP_PORT's default. `chatstore migrate` serves no HTTP: give
-# its container `--no-healthcheck` (compose: healthcheck: disable: true).
+# /healthz answers while the event loop runs (docs/DEPLOYMENT.md). The probe
+# asks the port the worker listens on, CHATSTORE_HTTP_PORT (default 9100), so
+# `-e CHATSTORE_HTTP_PORT=...` moves both; it asks loopback, which the default
+# CHATSTORE_HTTP_HOST (0.0.0.0) serves. With CHATSTORE_HTTP_PORT=0 (no HTTP
+# server) and for `chatstore migrate`, which serves no HTTP, there is nothing
+# to probe: give the container `--no-healthcheck` (compose: healthcheck:
+# disable: true).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('CHATSTORE_HTTP_PORT') or '9100'; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2)"]
 # Exec form: chatstore is PID 1 and receives SIGTERM itself, which starts the drain.
 ENTRYPOINT ["chatstore"]
 CMD ["worker"]

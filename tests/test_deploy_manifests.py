@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -388,4 +392,61 @@ def test_the_build_context_leaves_out_everything_but_the_package() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[ignored.index("*")] == "*"  # deny all, then allow the package
     allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "contracts", "worker"}
+    # alembic/ is the migrations, which the wheel ships as worker/migrations.
+    assert allowed == {"pyproject.toml", "README.md", "alembic", "contracts", "worker"}
+
+
+def test_the_image_installs_the_wheel_built_from_the_sources() -> None:
+    """The image runs what tests/test_wheel.py installs: the wheel, not the source tree."""
+    *build, _final = _stages()
+    copied = {a.split()[0] for stage in build for i, a in stage if i == "COPY"}
+    assert {"alembic", "contracts", "worker"} <= copied  # the migrations go into the wheel
+    runs = " && ".join(a for stage in build for i, a in stage if i == "RUN")
+    steps = [step.strip() for step in re.split(r"&&|;", runs)]
+    wheel = next(i for i, step in enumerate(steps) if re.search(r"pip wheel .*--no-deps", step))
+    directory = re.search(r"(?:--wheel-dir|-w)[ =](\S+)", steps[wheel])
+    assert directory is not None, steps[wheel]
+    installs = [step for step in steps if re.search(r"pip install ", step)]
+    assert installs, "the wheel is installed"
+    assert steps.index(installs[0]) > wheel, "after it is built"
+    for step in installs:  # the wheel file, never the source tree (".")
+        assert re.search(re.escape(directory[1]) + r"/\S*\.whl", step), step
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _probe(code: str, port: int | None) -> int:
+    environment = {k: v for k, v in os.environ.items() if k != "CHATSTORE_HTTP_PORT"}
+    if port is not None:
+        environment["CHATSTORE_HTTP_PORT"] = str(port)
+    command = [sys.executable, "-c", code]
+    return subprocess.run(command, env=environment, capture_output=True, timeout=30).returncode
+
+
+def test_the_healthcheck_probes_the_port_the_worker_listens_on() -> None:
+    """Run as it is, outside Docker: it follows CHATSTORE_HTTP_PORT, 9100 by default."""
+    (healthcheck,) = (a for i, a in _stages()[-1] if i == "HEALTHCHECK")
+    python, flag, code = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert (python, flag) == ("python", "-c")
+    assert re.search(r"\bCHATSTORE_HTTP_PORT\b", code)
+    assert re.findall(r"\d{4,5}", code) == [str(Settings.model_fields["http_port"].default)]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        assert _probe(code, port) == 0
+        with socket.socket() as unused:  # a port nobody listens on
+            unused.bind(("127.0.0.1", 0))
+            assert _probe(code, unused.getsockname()[1]) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

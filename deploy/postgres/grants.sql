@@ -4,7 +4,7 @@
 --   psql "$MIGRATOR_URL" --no-psqlrc -v ON_ERROR_STOP=1 -v worker=chatstore_worker \
 --     -f deploy/postgres/grants.sql
 --
--- The statements of worker/store.py, and the privilege each needs:
+-- The statements of worker/ingest/store.py, and the privilege each needs:
 --   SELECT ... FROM users                                  SELECT on users
 --   INSERT INTO conversations (id, user_id) ...
 --     ON CONFLICT (id) DO UPDATE SET status = ... RETURNING  INSERT (id, user_id),
