@@ -1,13 +1,14 @@
 """The schema (CONTRACT.md section 3) as SQLAlchemy 2 typed declarative models.
 
-This is the one definition of the tables: the Core tables the worker writes
-and the history repository reads are ``Conversation.__table__`` and
-``Message.__table__`` (exported as :data:`conversations` and :data:`messages`),
-and the migrations in ``alembic/`` must match :data:`metadata`, which
-``alembic check`` verifies in the test suite.
+This is the one definition of the tables. The Core tables that the history
+repository and the bench build their queries on are ``Conversation.__table__``
+and ``Message.__table__`` (exported as :data:`conversations` and
+:data:`messages`), and the migrations in ``alembic/`` must match
+:data:`metadata`, which ``alembic check`` verifies in the test suite.
 
-The worker writes with SQL, not through the ORM; the models are for programs
-that read or maintain the history with sessions::
+The worker writes a batch with hand-written SQL (``worker/ingest/store.py``),
+not through the ORM; the models are for programs that read or maintain the
+history with sessions::
 
     async with AsyncSession(engine) as session:
         conversation = await session.get(Conversation, conversation_id)
@@ -166,6 +167,20 @@ class Message(Base):
         ),
     )
 
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "Conversation",
+    "ConversationStatus",
+    "Message",
+    "MessageRole",
+    "User",
+    "conversations",
+    "messages",
+    "metadata",
+    "users",
+]
 
 metadata: Final = Base.metadata
 """Every table of the schema: what Alembic compares the migrations with."""

@@ -80,7 +80,7 @@ class Repository:
         if engine.dialect.driver != "asyncpg":
             raise ValueError(
                 f"Repository reads through asyncpg: build the engine with "
-                f"contracts.history.create_engine or a postgresql+asyncpg:// URL, "
+                f"contracts.history.reader_engine or a postgresql+asyncpg:// URL, "
                 f"not {engine.dialect.name}+{engine.dialect.driver}"
             )
         # Each read is one statement, consistent on its own: autocommit spares

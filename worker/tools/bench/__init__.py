@@ -1,7 +1,7 @@
 """``chatstore bench``: ingest, latency, reads and memory, measured on the local services.
 
 Scenarios, all in a database and vhost of the bench's own (see
-``environment``), which it removes at the end:
+``worker.tools.sandbox``), which it removes at the end:
 
 - (a) ``raw``: consume and ack a pre-filled queue doing nothing else;
 - (b) ``naive``: one transaction and one ack per event;
