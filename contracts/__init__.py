@@ -47,12 +47,18 @@ if TYPE_CHECKING:
 _PUBLISHER_NAMES = frozenset({"CloseReport", "Publisher", "PublisherStats", "WhenFull"})
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLISHER_NAMES:
-        value = getattr(importlib.import_module("contracts.publisher"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if not TYPE_CHECKING:  # type checkers see the imports above, and nothing else
+
+    def __getattr__(name: str) -> Any:
+        if name in _PUBLISHER_NAMES:
+            value = getattr(importlib.import_module("contracts.publisher"), name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _PUBLISHER_NAMES)
 
 
 __all__ = [

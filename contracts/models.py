@@ -15,9 +15,13 @@ history with sessions::
         for message in await conversation.awaitable_attrs.messages:
             ...
 
-The defaults given with ``default=`` (a new id, ``active``, now) apply to
-objects added through a session. The columns themselves keep the contract's
-shape: ``created_at`` and ``updated_at`` are nullable with no server default.
+An object made with the constructor gets ``created_at`` (and a conversation
+``updated_at``) set to now unless given: that default lives in ``__init__``,
+so a Core insert into :data:`conversations` or :data:`messages` never gets a
+wall-clock time it did not ask for (the worker's timestamps come from the
+events). A new id and ``active`` are column defaults, as the server's own
+default is ``active``. The columns keep the contract's shape: ``created_at``
+and ``updated_at`` are nullable with no server default.
 """
 
 from __future__ import annotations
@@ -111,8 +115,14 @@ class Conversation(Base):
         default=ConversationStatus.ACTIVE,
         server_default=text(f"'{ConversationStatus.ACTIVE.value}'"),
     )
-    created_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), default=_now)
-    updated_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), default=_now)
+    created_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+
+    def __init__(self, **values: Any) -> None:
+        now = _now()
+        values.setdefault("created_at", now)
+        values.setdefault("updated_at", now)
+        super().__init__(**values)
 
     # The database deletes a conversation's messages (ON DELETE CASCADE):
     # passive_deletes lets it, instead of loading every message to delete it.
@@ -149,9 +159,13 @@ class Message(Base):
     # tables' MetaData); the column keeps its name. none_as_null: None is SQL
     # NULL, as the worker stores it, not the JSON value 'null' (JSONB's default).
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB(none_as_null=True))
-    created_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), default=_now)
+    created_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+    def __init__(self, **values: Any) -> None:
+        values.setdefault("created_at", _now())
+        super().__init__(**values)
 
     __table_args__ = (
         CheckConstraint(_one_of("role", MessageRole), name="role"),

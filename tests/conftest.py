@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import quote
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
@@ -16,6 +15,7 @@ from tests.harness import add_users, declare_topology, worker_settings
 from tests.services import Services, discover
 from worker import migrate
 from worker.settings import Settings
+from worker.tools.sandbox import execute
 
 # Fixtures that need the servers; collecting a test that uses one finds them.
 SERVICE_FIXTURES = frozenset(
@@ -55,12 +55,7 @@ def _unique(prefix: str) -> str:
 
 
 async def _admin(services: Services, sql: str) -> None:
-    dsn = services.admin_database_url.render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
+    await execute(services.admin_database_url.render_as_string(hide_password=False), sql)
 
 
 @pytest.fixture(scope="session")

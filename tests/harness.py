@@ -20,7 +20,13 @@ from tests.db import fetch_all
 from tests.events import body as encode
 from worker import lifecycle, topology
 from worker.settings import Settings
-from worker.tools.sandbox import WorkerProcess, queue_depth, wait_for, worker_environment
+from worker.tools.sandbox import (
+    WorkerProcess,
+    declare_topology,
+    queue_depth,
+    wait_for,
+    worker_environment,
+)
 
 __all__ = [
     "DeadLetter",
@@ -86,11 +92,6 @@ async def publish(
                 await asyncio.gather(*confirmations)
                 confirmations.clear()
         await asyncio.gather(*confirmations)
-
-
-async def declare_topology(amqp_url: str, delivery_limit: int = 20) -> None:
-    async with await aio_pika.connect(amqp_url) as connection:
-        await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
 
 
 @dataclass(frozen=True)

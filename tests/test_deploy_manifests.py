@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.harness import free_port
 from worker import topology
 from worker.settings import Settings
 
@@ -443,9 +443,7 @@ def test_the_healthcheck_probes_the_port_the_worker_listens_on() -> None:
     try:
         port = server.server_address[1]
         assert _probe(code, port) == 0
-        with socket.socket() as unused:  # a port nobody listens on
-            unused.bind(("127.0.0.1", 0))
-            assert _probe(code, unused.getsockname()[1]) != 0
+        assert _probe(code, free_port()) != 0  # a port nobody listens on
     finally:
         server.shutdown()
         server.server_close()

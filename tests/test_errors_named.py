@@ -8,6 +8,7 @@ HTTP port, PostgreSQL or RabbitMQ, never a guess.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,7 @@ from tests.harness import WorkerProcess, free_port, worker_environment, worker_s
 from tests.services import Services
 from worker import exits
 from worker.settings import Settings
+from worker.unavailable import rabbitmq_at
 
 
 def _run(settings: Settings, *command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -91,7 +93,8 @@ async def test_a_vhost_that_does_not_exist_gets_a_line_of_its_own(
         result = await _run_async(settings, *command, cwd=tmp_path)
         assert result.returncode == exits.USAGE, (command, result.stderr)
         assert result.stderr.count("\n") == 1, (command, result.stderr)
-        assert f"the vhost '{missing}' does not exist, or the user " in result.stderr
+        assert f"the broker refused to open the vhost '{missing}' for the user " in result.stderr
+        assert "it does not exist, the user may not open it" in result.stderr
         assert "Connection.OpenOk" not in result.stderr
 
 
@@ -107,7 +110,7 @@ async def test_a_vhost_the_user_may_not_open_gets_the_same_line_without_the_pass
             worker_settings(database_url, url), "dlq", "inspect", cwd=tmp_path
         )
         assert result.returncode == exits.USAGE, result.stderr
-        assert f"the user '{user}' may not open it" in result.stderr
+        assert f"the vhost '{vhost}' for the user '{user}'" in result.stderr
         assert password not in result.stdout + result.stderr
     finally:
         await services.rabbitmqctl(["delete_user", user])
@@ -137,3 +140,49 @@ async def test_a_missing_dead_letter_queue_is_named_as_the_brokers_answer(
     assert result.stderr.count("\n") == 1, result.stderr
     assert "cannot use RabbitMQ at" in result.stderr
     assert "no queue 'chatstore.events.dlq'" in result.stderr
+
+
+def test_a_password_holding_a_slash_is_refused_in_one_line_that_does_not_show_it(
+    tmp_path: Path,
+) -> None:
+    # The client's URL parser ends the host part at the "/": it would take
+    # the rest of the password for the host, or print it as the broker's name.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CHATSTORE_")}
+    environment["CHATSTORE_AMQP_URL"] = "amqp://guest:pa:ss/word@127.0.0.1:5672/chat"
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "dlq", "inspect"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == exits.USAGE, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("chatstore: CHATSTORE_AMQP_URL: "), result.stderr
+    assert "percent-encode" in result.stderr
+    assert "ss/word" not in result.stderr
+
+
+def test_the_broker_is_named_by_host_port_and_vhost_whatever_its_password_holds() -> None:
+    assert rabbitmq_at("amqp://u:p:q%2Fr@mq.internal:5673/chat%2Fv") == (
+        "RabbitMQ at mq.internal:5673/chat/v"
+    )
+    assert rabbitmq_at("amqps://u:secret@mq/") == "RabbitMQ at mq:5671/"
+
+
+async def test_a_database_tls_file_that_cannot_be_loaded_is_named_in_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("this is no certificate\n")
+    broken = settings.model_copy(
+        update={"database_sslmode": "verify-full", "database_sslrootcert": str(not_a_certificate)}
+    )
+    for command in (("migrate",), ("worker",)):
+        result = await _run_async(broken, *command, cwd=tmp_path)
+        assert result.returncode == exits.FAILURE, (command, result.stderr)
+        assert result.stderr.count("\n") == 1, (command, result.stderr)
+        assert result.stderr.startswith("chatstore: cannot use PostgreSQL at "), result.stderr
+        assert "CHATSTORE_DATABASE_SSLROOTCERT" in result.stderr

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy.engine import URL
 
-from alembic import command
 from tests.db import fetch_all
 from worker import migrate
 

@@ -2,8 +2,9 @@
 
 Everything it runs lives in other modules; this one only wires them to the
 command line (imports run one way: cli -> worker -> contracts). A tool
-(``worker.tools``) is imported only when its command runs, so ``chatstore
-worker`` loads none of them.
+(``worker.tools``) is imported only when its command runs; parsing the
+command line reads the bench's option table (``worker.tools.bench.options``)
+and nothing else of any tool.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
+import aiormq
+import asyncpg
+import sqlalchemy.exc
 import structlog
 
 from worker import exits
@@ -21,9 +25,18 @@ from worker.logs import configure_logging
 from worker.redact import redact
 from worker.settings import ConfigurationError, Settings, load_settings
 from worker.tools.bench import options as bench_options
-from worker.unavailable import ServiceUnavailableError
+from worker.unavailable import ServiceUnavailableError, describe
 
 log = structlog.get_logger("chatstore.cli")
+
+# Failures of a connection that the code where it happened did not name (a
+# server dying in the middle of a command): still one line, never a traceback.
+_UNNAMED_FAILURES = (
+    OSError,
+    aiormq.exceptions.AMQPError,
+    asyncpg.PostgresError,
+    sqlalchemy.exc.DBAPIError,
+)
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -171,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Named where it happened; a driver's reason may still quote a password.
         print(f"chatstore: {redact(str(error), settings.secrets())}", file=sys.stderr)
         return error.exit_code
+    except _UNNAMED_FAILURES as error:
+        # A server failing midway where no code named it: one line all the same,
+        # without guessing which server it was.
+        print(f"chatstore: {redact(describe(error), settings.secrets())}", file=sys.stderr)
+        return exits.FAILURE
     except KeyboardInterrupt:
         return exits.FAILURE
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts.history import transaction_pooling_args
 from worker.settings import Settings
+from worker.unavailable import ServiceUnavailableError, postgres_at, short
 
 
 def ssl_argument(settings: Settings) -> ssl.SSLContext | str:
@@ -31,9 +32,16 @@ def ssl_argument(settings: Settings) -> ssl.SSLContext | str:
     mode = settings.database_sslmode
     if mode in ("disable", "allow", "prefer"):
         return mode  # asyncpg implements these the way libpq does
-    context = ssl.create_default_context(cafile=settings.database_sslrootcert or None)
-    if settings.database_sslcert:
-        context.load_cert_chain(settings.database_sslcert, settings.database_sslkey)
+    try:
+        context = ssl.create_default_context(cafile=settings.database_sslrootcert or None)
+        if settings.database_sslcert:
+            context.load_cert_chain(settings.database_sslcert, settings.database_sslkey)
+    except (ssl.SSLError, OSError) as error:
+        raise ServiceUnavailableError(
+            postgres_at(settings.sqlalchemy_url),
+            f"cannot load its TLS files ({short(error)}); check CHATSTORE_DATABASE_SSLROOTCERT, "
+            "CHATSTORE_DATABASE_SSLCERT and CHATSTORE_DATABASE_SSLKEY",
+        ) from error
     if mode == "require":
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from worker.unavailable import http_port_taken
+from worker.unavailable import http_port_unusable
 
 
 @dataclass
@@ -45,7 +45,7 @@ class HealthServer:
         try:
             self._server = await asyncio.start_server(self._serve, host, port)
         except OSError as error:
-            raise http_port_taken(host, port, error) from error
+            raise http_port_unusable(host, port, error) from error
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:

@@ -36,7 +36,7 @@ from worker.ingest.flush import FatalError, Flusher
 from worker.ingest.watchdog import WatchdogError
 from worker.metrics import Metrics
 from worker.settings import Settings
-from worker.unavailable import vhost_refused
+from worker.unavailable import ServiceUnavailableError, describe, rabbitmq_at, short, vhost_refused
 
 log = structlog.get_logger("chatstore.worker")
 
@@ -150,16 +150,16 @@ class _Worker:
                 log.error("worker.stuck", error=str(error))
                 return exits.FAILURE
             except _BROKER_FATAL as error:
-                log.error("broker.refused", error=_short(error))
+                log.error("broker.refused", error=describe(error))
                 return exits.FAILURE
             except _BROKER_LOST as error:
                 if _is_tls_failure(error):  # a certificate will not fix itself
-                    log.error("broker.tls_refused", error=_short(error))
+                    log.error("broker.tls_refused", error=describe(error))
                     return exits.FAILURE
                 self._readiness.broker = False
                 delay = self._backoff.delay(attempt)
                 attempt += 1
-                log.warning("broker.lost", error=_short(error), reconnect_in_s=round(delay, 2))
+                log.warning("broker.lost", error=describe(error), reconnect_in_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
         return exits.OK
@@ -174,11 +174,11 @@ class _Worker:
             except Exception as error:
                 if classify(error) is not Fault.TRANSIENT:
                     raise FatalError(
-                        f"database not usable ({_short(error)}); did `chatstore migrate` run?"
+                        f"database not usable ({describe(error)}); did `chatstore migrate` run?"
                     ) from error
                 delay = self._backoff.delay(attempt)
                 attempt += 1
-                log.warning("database.unreachable", error=_short(error), retry_in_s=delay)
+                log.warning("database.unreachable", error=describe(error), retry_in_s=delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
             else:
@@ -190,11 +190,11 @@ class _Worker:
         try:
             connection = await aio_pika.connect(settings.amqp_url, timeout=30)
         except aiormq.exceptions.InvalidFrameError as error:
-            refused = vhost_refused(settings.amqp_url, error)
-            if refused is None:
-                raise
-            # No reconnect opens a vhost that is missing or closed to us.
-            raise refused from error
+            # No reconnect opens a vhost that is missing or closed to us, nor
+            # makes a server that is no AMQP broker speak it.
+            raise vhost_refused(settings.amqp_url, error) or ServiceUnavailableError(
+                rabbitmq_at(settings.amqp_url), short(error)
+            ) from error
         async with connection:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=settings.prefetch_count)
@@ -231,7 +231,7 @@ async def _declare(channel: aio_pika.abc.AbstractChannel, delivery_limit: int) -
     except aiormq.exceptions.ChannelPreconditionFailed as error:
         raise FatalError(
             f"the broker has {topology.QUEUE} or {topology.DLQ} with other arguments "
-            f"({_short(error)}): keep CHATSTORE_DELIVERY_LIMIT as it was, or delete the queue"
+            f"({describe(error)}): keep CHATSTORE_DELIVERY_LIMIT as it was, or delete the queue"
         ) from error
 
 
@@ -247,9 +247,3 @@ def _is_tls_failure(error: BaseException) -> bool:
             seen.append(item)
             pending += [item.__cause__, item.__context__, *item.args]
     return False
-
-
-def _short(error: BaseException) -> str:
-    """A one-line description of an error, with no URL (URLs may carry passwords)."""
-    message = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {message}"[:300]

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
+from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
-from alembic import command
 from worker.unavailable import using_postgres
 
 MAINTENANCE_DATABASE: Final = "postgres"
@@ -89,8 +89,9 @@ def upgrade(
     url: URL, revision: str = "head", connect_args: Mapping[str, Any] | None = None
 ) -> None:
     """Upgrade the schema at ``url`` (blocking; call it outside an event loop)."""
+    config = alembic_config(url, connect_args)  # a missing folder is no database's fault
     with using_postgres(url):
-        command.upgrade(alembic_config(url, connect_args), revision)
+        command.upgrade(config, revision)
 
 
 def downgrade(url: URL, revision: str) -> None:

@@ -65,9 +65,16 @@ def _postgres_url(value: str) -> str:
 
 
 def _amqp_url(value: str) -> str:
-    scheme, sep, _ = value.partition("://")
+    scheme, sep, rest = value.partition("://")
     if not sep or scheme not in {"amqp", "amqps"}:
         raise ValueError("must start with amqp:// or amqps://")
+    userinfo = rest.rpartition("@")[0]
+    if any(mark in userinfo for mark in "/?#"):
+        # The client's URL parser ends the host part at the first of these, so
+        # it would read part of the password as the host, or fail outright.
+        raise ValueError(
+            "the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)"
+        )
     return value
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
 import asyncpg
 import sqlalchemy.exc
 from aio_pika.abc import AbstractConnection
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from worker import exits
 
@@ -42,20 +42,33 @@ def short(error: BaseException) -> str:
     return lines[0][:300] if lines and lines[0] else type(error).__name__
 
 
+def describe(error: BaseException) -> str:
+    """The error's type and first line, for a log field or a last-resort message."""
+    return f"{type(error).__name__}: {short(error)}"
+
+
 def postgres_at(url: URL) -> str:
     """How an operator knows the database: never its password."""
     return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
 
 
+def _broker_url(amqp_url: str) -> URL | None:
+    # SQLAlchemy's URL parser takes the password up to the last "@", so a
+    # password holding "/" or ":" is not mistaken for the host (urlsplit is).
+    scheme, _, rest = amqp_url.partition("://")
+    try:
+        return make_url(f"amqp://{rest}").set(drivername=scheme)
+    except (ArgumentError, ValueError):
+        return None
+
+
 def rabbitmq_at(amqp_url: str) -> str:
     """How an operator knows the broker: host, port and vhost, never credentials."""
-    parts = urlsplit(amqp_url)
-    default_port = 5671 if parts.scheme == "amqps" else 5672
-    try:
-        port = parts.port or default_port
-    except ValueError:  # a port that is not a number
-        port = default_port
-    return f"RabbitMQ at {parts.hostname or 'localhost'}:{port}/{unquote(parts.path[1:])}"
+    url = _broker_url(amqp_url)
+    if url is None:
+        return "RabbitMQ (CHATSTORE_AMQP_URL)"
+    port = url.port or (5671 if url.drivername == "amqps" else 5672)
+    return f"RabbitMQ at {url.host or 'localhost'}:{port}/{url.database or ''}"
 
 
 # Failures of a PostgreSQL connection or statement, as asyncpg raises them
@@ -78,7 +91,7 @@ def using_postgres(url: URL) -> Iterator[None]:
         raise ServiceUnavailableError(postgres_at(url), short(error)) from error
 
 
-def http_port_taken(host: str, port: int, error: OSError) -> ServiceUnavailableError:
+def http_port_unusable(host: str, port: int, error: OSError) -> ServiceUnavailableError:
     """The error for a health port that cannot be listened on: a configuration problem."""
     service = f"the HTTP port {port} (CHATSTORE_HTTP_PORT)"
     if error.errno == errno.EADDRINUSE:
@@ -103,15 +116,15 @@ def vhost_refused(amqp_url: str, error: BaseException) -> ServiceUnavailableErro
     refused = isinstance(error, aiormq.exceptions.InvalidFrameError) and (
         "Connection.OpenOk" in str(error) and "Connection.Close" in str(error)
     )
-    if not refused:
+    url = _broker_url(amqp_url)
+    if not refused or url is None:
         return None
-    parts = urlsplit(amqp_url)
-    user, vhost = unquote(parts.username or "guest"), unquote(parts.path[1:]) or "/"
+    user, vhost = url.username or "guest", url.database or "/"
     return ServiceUnavailableError(
         rabbitmq_at(amqp_url),
-        f"the vhost {vhost!r} does not exist, or the user {user!r} may not open it; "
-        "check the vhost in CHATSTORE_AMQP_URL (rabbitmqctl list_vhosts, "
-        "list_user_permissions)",
+        f"the broker refused to open the vhost {vhost!r} for the user {user!r}: it does "
+        "not exist, the user may not open it, or it is at its connection limit; check "
+        "the vhost in CHATSTORE_AMQP_URL (rabbitmqctl list_vhosts, list_user_permissions)",
         exit_code=exits.USAGE,
     )
 
@@ -119,8 +132,9 @@ def vhost_refused(amqp_url: str, error: BaseException) -> ServiceUnavailableErro
 async def connect_rabbitmq(amqp_url: str, *, timeout_s: float = 30) -> AbstractConnection:
     """A connection to the broker, or a :class:`ServiceUnavailableError` naming it.
 
-    Wrong credentials and a vhost that cannot be opened are configuration
-    (exit 2); a broker that cannot be reached is a failure (exit 1).
+    A vhost that cannot be opened is configuration (exit 2). A refused login
+    and a broker that cannot be reached are failures (exit 1), as they are
+    for ``chatstore worker``.
     """
     where = rabbitmq_at(amqp_url)
     try:
@@ -130,7 +144,6 @@ async def connect_rabbitmq(amqp_url: str, *, timeout_s: float = 30) -> AbstractC
             where,
             f"the broker refused the login ({short(error)}); check the user and password "
             "in CHATSTORE_AMQP_URL",
-            exit_code=exits.USAGE,
         ) from error
     except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as error:
         raise vhost_refused(amqp_url, error) or ServiceUnavailableError(

@@ -6,13 +6,13 @@ import functools
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, Integer, Select, and_, bindparam, or_, select, true
+from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, or_, select, true
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.engine import Dialect
 
 from contracts.history.cursor import CursorKind, decode_cursor
-from contracts.models import conversations, messages
+from contracts.models import LABEL_MAX_CHARS, conversations, messages
 
 After = Literal["start", "null", "time"]  # from the top, after a NULL time, after a time
 
@@ -61,7 +61,9 @@ def conversations_query(with_status: bool, shape: After) -> Select[Any]:
         c.user_id == bindparam("user_id"), _after(c.updated_at, c.id, shape)
     )
     if with_status:
-        query = query.where(c.status == bindparam("status"))
+        # Bound as the column's varchar, not its Enum: the same SQL as the
+        # plain string column, and the raw driver gets the value as text.
+        query = query.where(c.status == bindparam("status", type_=String(LABEL_MAX_CHARS)))
     return query.order_by(c.updated_at.desc().nulls_first(), c.id.desc()).limit(_LIMIT)
 
 

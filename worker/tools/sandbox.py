@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
@@ -71,10 +71,11 @@ def with_vhost(amqp_url: str, vhost: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(path="/" + quote(vhost, safe=""))), user
 
 
-async def _execute(dsn: str, sql: str) -> None:
+async def execute(dsn: str, sql: str, *args: object) -> None:
+    """One statement on a connection of its own (CREATE DATABASE cannot run in a pool's)."""
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute(sql)
+        await connection.execute(sql, *args)
     finally:
         await connection.close()
 
@@ -124,13 +125,19 @@ async def sandbox(
         finally:
             if not keep:
                 with using_postgres(maintenance):
-                    await _execute(
+                    await execute(
                         maintenance.render_as_string(hide_password=False),
                         f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
                     )
     finally:
         if not keep:
             await rabbitmqctl("delete_vhost", name)
+
+
+async def declare_topology(amqp_url: str, delivery_limit: int = 20) -> None:
+    """Declare what a worker declares, so events published before it starts wait."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
 
 
 # The probes raise what aio-pika raises (ChannelNotFoundEntity while no
@@ -181,10 +188,9 @@ class WorkerProcess:
     (``worker.0.log``, ``worker.1.log``, ...).
     """
 
-    def __init__(self, settings: Settings, log_path: Path, command: Sequence[str] = ("worker",)):
+    def __init__(self, settings: Settings, log_path: Path) -> None:
         self._environment = worker_environment(settings)
         self._log_path = log_path
-        self._command = tuple(command)
         self._logs: list[Path] = []  # one per start
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_kib = 0
@@ -199,7 +205,7 @@ class WorkerProcess:
         self._logs.append(path)
         with path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker", *self._command],
+                [sys.executable, "-m", "worker", "worker"],
                 env=self._environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,

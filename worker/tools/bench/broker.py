@@ -1,6 +1,7 @@
-"""The bench's view of its vhost: the worker's topology, purging, the broker's version.
+"""The bench's view of its vhost: purging the queues, the broker's version.
 
-Queue depths and consumer counts are :mod:`worker.tools.sandbox`'s."""
+Declaring the topology, queue depths and consumer counts are
+:mod:`worker.tools.sandbox`'s."""
 
 from __future__ import annotations
 
@@ -8,12 +9,6 @@ import aio_pika
 import aiormq
 
 from worker import topology
-
-
-async def declare(amqp_url: str, delivery_limit: int) -> None:
-    """Declare what a worker declares, so events published before it starts wait."""
-    async with await aio_pika.connect(amqp_url) as connection:
-        await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
 
 
 async def purge(amqp_url: str) -> None:

@@ -22,8 +22,8 @@ from worker.tools.bench.latency import run_latency
 from worker.tools.bench.memory import run_memory
 from worker.tools.bench.reads import run_reads
 from worker.tools.bench.report import Results, document, table
-from worker.tools.sandbox import Sandbox, SandboxError, sandbox
-from worker.unavailable import ServiceUnavailableError
+from worker.tools.sandbox import Sandbox, SandboxError, declare_topology, sandbox
+from worker.unavailable import ServiceUnavailableError, describe
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -48,8 +48,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         code = exits.USAGE
     except Exception as error:
         # A driver's message may quote a URL or a password: never print either.
-        first = redact((str(error).splitlines() or [""])[0], settings.secrets())
-        print(f"chatstore: bench failed: {type(error).__name__}: {first}", file=sys.stderr)
+        print(
+            f"chatstore: bench failed: {redact(describe(error), settings.secrets())}",
+            file=sys.stderr,
+        )
     finally:
         # Worker logs are worth keeping after a failure, or when asked, if a worker ran.
         if (code != exits.OK or args.keep) and any(log_dir.iterdir()):
@@ -65,7 +67,7 @@ async def _run(
     results = Results()
     async with sandbox(settings, prefix="chatstore_bench", keep=args.keep) as environment:
         machine = await _machine(environment)
-        await broker.declare(environment.amqp_url, settings.delivery_limit)
+        await declare_topology(environment.amqp_url, settings.delivery_limit)
         await _scenarios_in_order(environment, args, results, log_dir)
         if args.keep:
             print(f"kept: database and vhost {environment.name}", file=sys.stderr)

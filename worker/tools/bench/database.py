@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from worker.tools.sandbox import execute
+
 _INSTALL_CLOCK = """
 CREATE TABLE IF NOT EXISTS bench_commits (created_at timestamptz, written_at timestamptz);
 CREATE OR REPLACE FUNCTION bench_record_commit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -46,14 +48,6 @@ class CommitSpan:
     rows: int
     seconds: float
     rows_after_first: int
-
-
-async def execute(dsn: str, sql: str, *args: object) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(sql, *args)
-    finally:
-        await connection.close()
 
 
 async def fetch_value(dsn: str, sql: str, *args: object) -> object:
