@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy.engine import URL
@@ -15,7 +14,7 @@ from tests.harness import add_users, declare_topology, worker_settings
 from tests.services import Services, discover
 from worker import migrate
 from worker.settings import Settings
-from worker.tools.sandbox import execute
+from worker.tools.sandbox import execute, throwaway_vhost
 
 # Fixtures that need the servers; collecting a test that uses one finds them.
 SERVICE_FIXTURES = frozenset(
@@ -96,14 +95,12 @@ async def empty_database_url(services: Services) -> AsyncIterator[URL]:
 @pytest.fixture
 async def amqp_url(services: Services) -> AsyncIterator[str]:
     """A RabbitMQ vhost of this test's own, so fixed queue names never collide."""
-    vhost = _unique("chatstore_test")
-    user = services.amqp_url.split("://", 1)[1].split(":", 1)[0]
-    await services.rabbitmqctl(["add_vhost", vhost])
-    try:
-        await services.rabbitmqctl(["set_permissions", "-p", vhost, user, ".*", ".*", ".*"])
-        yield services.amqp_url.rstrip("/") + "/" + quote(vhost, safe="")
-    finally:
-        await services.rabbitmqctl(["delete_vhost", vhost])
+
+    async def run(*args: str) -> None:
+        await services.rabbitmqctl(list(args))
+
+    async with throwaway_vhost(services.amqp_url, _unique("chatstore_test"), run=run) as url:
+        yield url
 
 
 @pytest.fixture

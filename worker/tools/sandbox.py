@@ -104,7 +104,7 @@ async def sandbox(
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     database_url = settings.sqlalchemy_url.set(database=name)
     maintenance = database_url.set(drivername="postgresql", database=migrate.MAINTENANCE_DATABASE)
-    amqp_url, user = with_vhost(settings.amqp_url, name)
+    amqp_url, _ = with_vhost(settings.amqp_url, name)
     sandbox_settings = settings.model_copy(
         update={
             "database_url": database_url.set(drivername="postgresql").render_as_string(
@@ -114,9 +114,7 @@ async def sandbox(
             "http_port": 0,  # a worker on the usual port may be running here
         }
     )
-    await rabbitmqctl("add_vhost", name)
-    try:
-        await rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    async with throwaway_vhost(settings.amqp_url, name, keep=keep):
         await migrate.ensure_database(database_url)
         try:
             # Alembic runs its own event loop; keep it off this one.
@@ -129,9 +127,27 @@ async def sandbox(
                         maintenance.render_as_string(hide_password=False),
                         f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
                     )
+
+
+@contextlib.asynccontextmanager
+async def throwaway_vhost(
+    amqp_url: str,
+    name: str,
+    *,
+    keep: bool = False,
+    run: Callable[..., Awaitable[None]] = rabbitmqctl,
+) -> AsyncIterator[str]:
+    """A vhost ``name`` on ``amqp_url``'s broker, open to the URL's user; yields the URL
+    on it, and deletes the vhost on exit unless ``keep``. ``run`` runs rabbitmqctl
+    with the given arguments (the tests pass one that reaches a container's)."""
+    url, user = with_vhost(amqp_url, name)
+    await run("add_vhost", name)
+    try:
+        await run("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        yield url
     finally:
         if not keep:
-            await rabbitmqctl("delete_vhost", name)
+            await run("delete_vhost", name)
 
 
 async def declare_topology(amqp_url: str, delivery_limit: int = 20) -> None:
