@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import pytest
+from pydantic import ValidationError
 from sqlalchemy.engine import URL
 
 from tests.harness import WorkerProcess, free_port, worker_environment, worker_settings
@@ -161,15 +163,26 @@ def test_a_password_holding_a_slash_is_refused_in_one_line_that_does_not_show_it
     assert result.returncode == exits.USAGE, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("chatstore: CHATSTORE_AMQP_URL: "), result.stderr
-    assert "percent-encode" in result.stderr
+    assert "is ambiguous: percent-encode" in result.stderr
     assert "ss/word" not in result.stderr
 
 
 def test_the_broker_is_named_by_host_port_and_vhost_whatever_its_password_holds() -> None:
+    # Read the way the client reads the URL, so the name is the server it contacted.
     assert rabbitmq_at("amqp://u:p:q%2Fr@mq.internal:5673/chat%2Fv") == (
         "RabbitMQ at mq.internal:5673/chat/v"
     )
+    assert rabbitmq_at("amqp://u:se@cr:et@127.0.0.1:1/v") == "RabbitMQ at 127.0.0.1:1/v"
     assert rabbitmq_at("amqps://u:secret@mq/") == "RabbitMQ at mq:5671/"
+    assert rabbitmq_at("amqp://u:p@[::1]:5672/%2F") == "RabbitMQ at [::1]:5672/"
+
+
+def test_a_vhost_holding_an_at_sign_is_a_valid_url_and_a_port_out_of_range_is_not() -> None:
+    assert Settings(amqp_url="amqp://u:p@mq/chat@eu").amqp_url == "amqp://u:p@mq/chat@eu"
+    assert Settings(amqp_url="amqp://mq?heartbeat=30").amqp_url == "amqp://mq?heartbeat=30"
+    for bad in ("amqp://u:p@mq:99999/v", "amqp://u:p@mq:abc/v"):
+        with pytest.raises(ValidationError, match="port that is not a number"):
+            Settings(amqp_url=bad)
 
 
 async def test_a_database_tls_file_that_cannot_be_loaded_is_named_in_one_line(

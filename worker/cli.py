@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 
@@ -30,12 +32,19 @@ from worker.unavailable import ServiceUnavailableError, describe
 log = structlog.get_logger("chatstore.cli")
 
 # Failures of a connection that the code where it happened did not name (a
-# server dying in the middle of a command): still one line, never a traceback.
+# server dying in the middle of a command): still one line. Only connection
+# failures: an error in our own SQL or file handling keeps its traceback.
 _UNNAMED_FAILURES = (
-    OSError,
-    aiormq.exceptions.AMQPError,
-    asyncpg.PostgresError,
-    sqlalchemy.exc.DBAPIError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,  # a host name that does not resolve
+    ssl.SSLError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
 )
 
 

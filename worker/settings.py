@@ -18,9 +18,11 @@ Transport security lives here too (see docs/DEPLOYMENT.md):
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, Final, Literal, Self, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import yarl
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -68,13 +70,19 @@ def _amqp_url(value: str) -> str:
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in {"amqp", "amqps"}:
         raise ValueError("must start with amqp:// or amqps://")
-    userinfo = rest.rpartition("@")[0]
-    if any(mark in userinfo for mark in "/?#"):
-        # The client's URL parser ends the host part at the first of these, so
-        # it would read part of the password as the host, or fail outright.
+    # The host part ends at the first "/", "?" or "#" (RFC 3986, and the
+    # client's parser, yarl): an "@" only after it means a user or password
+    # holding one of those, which the client would read as host and path.
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" not in authority and "@" in rest[len(authority) :]:
         raise ValueError(
-            "the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)"
+            "is ambiguous: percent-encode '/', '?' and '#' in the user and password "
+            "(%2F, %3F, %23), and '@' in the vhost (%40)"
         )
+    try:
+        yarl.URL(value).port  # noqa: B018 (reading it is the check)
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
     return value
 
 

@@ -15,9 +15,9 @@ import aio_pika
 import aiormq
 import asyncpg
 import sqlalchemy.exc
+import yarl
 from aio_pika.abc import AbstractConnection
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from worker import exits
 
@@ -52,23 +52,28 @@ def postgres_at(url: URL) -> str:
     return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
 
 
-def _broker_url(amqp_url: str) -> URL | None:
-    # SQLAlchemy's URL parser takes the password up to the last "@", so a
-    # password holding "/" or ":" is not mistaken for the host (urlsplit is).
-    scheme, _, rest = amqp_url.partition("://")
+def broker_address(amqp_url: str) -> tuple[str, int, str] | None:
+    """Host, port and vhost as the client reads ``amqp_url`` (aiormq, on yarl); None if
+    it cannot read it. Parsed the client's way, so the name shown is the server it
+    contacted, and a password holding "@" or ":" is never taken for the host."""
     try:
-        return make_url(f"amqp://{rest}").set(drivername=scheme)
-    except (ArgumentError, ValueError):
+        url = yarl.URL(amqp_url)
+        port = url.port or (5671 if url.scheme == "amqps" else 5672)
+    except ValueError:
         return None
+    # aiormq's own reading of the vhost: the path without its "/", %2F decoded.
+    vhost = "/" if url.path in ("", "/") else url.path[1:].replace("%2F", "/")
+    return url.host or "localhost", port, vhost
 
 
 def rabbitmq_at(amqp_url: str) -> str:
     """How an operator knows the broker: host, port and vhost, never credentials."""
-    url = _broker_url(amqp_url)
-    if url is None:
+    address = broker_address(amqp_url)
+    if address is None:
         return "RabbitMQ (CHATSTORE_AMQP_URL)"
-    port = url.port or (5671 if url.drivername == "amqps" else 5672)
-    return f"RabbitMQ at {url.host or 'localhost'}:{port}/{url.database or ''}"
+    host, port, vhost = address
+    shown_host = f"[{host}]" if ":" in host else host  # IPv6
+    return f"RabbitMQ at {shown_host}:{port}/{'' if vhost == '/' else vhost}"
 
 
 # Failures of a PostgreSQL connection or statement, as asyncpg raises them
@@ -116,10 +121,10 @@ def vhost_refused(amqp_url: str, error: BaseException) -> ServiceUnavailableErro
     refused = isinstance(error, aiormq.exceptions.InvalidFrameError) and (
         "Connection.OpenOk" in str(error) and "Connection.Close" in str(error)
     )
-    url = _broker_url(amqp_url)
-    if not refused or url is None:
+    address = broker_address(amqp_url)
+    if not refused or address is None:
         return None
-    user, vhost = url.username or "guest", url.database or "/"
+    user, vhost = yarl.URL(amqp_url).user or "guest", address[2]
     return ServiceUnavailableError(
         rabbitmq_at(amqp_url),
         f"the broker refused to open the vhost {vhost!r} for the user {user!r}: it does "
