@@ -60,10 +60,35 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return exits.OK
 
 
-def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+# More processes than this is a typo, not a host: one per core is the useful most.
+_MAX_PROCESSES = 64
+
+
+def _processes(value: str) -> int:
+    number = positive_int(value)
+    if number > _MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_PROCESSES}, not {value}")
+    return number
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.supervise.child import supervised_index
+
+    # Checked here rather than by argparse, for the one-line error of every
+    # other bad setting instead of a usage banner.
+    try:
+        processes = _processes(args.processes)
+    except argparse.ArgumentTypeError as error:
+        print(f"chatstore: worker --processes: {error}", file=sys.stderr)
+        return exits.USAGE
+    child = supervised_index()
+    if processes > 1 and child is None:
+        from worker.supervise.supervisor import supervise
+
+        return asyncio.run(supervise(settings, processes))
     from worker import lifecycle
 
-    return asyncio.run(lifecycle.run(settings))
+    return asyncio.run(lifecycle.run(settings, child=child))
 
 
 def _dlq_inspect(settings: Settings, args: argparse.Namespace) -> int:
@@ -152,9 +177,17 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "migrate", help="create the database if missing and upgrade the schema to head"
     ).set_defaults(run=_migrate)
-    commands.add_parser(
+    worker = commands.add_parser(
         "worker", help="consume events into PostgreSQL until SIGTERM or SIGINT"
-    ).set_defaults(run=_worker)
+    )
+    worker.add_argument(
+        "--processes",
+        default="1",
+        metavar="N",
+        help="run N worker processes under a supervisor that serves one HTTP port for all "
+        f"and restarts any that dies (default 1: no supervisor; at most {_MAX_PROCESSES})",
+    )
+    worker.set_defaults(run=_worker)
     bench_parser = commands.add_parser(
         "bench",
         help="measure ingest, latency, reads and memory against the raw limit and a naive consumer",

@@ -3,14 +3,17 @@
 - ``/healthz``: 200 while the event loop answers (it serves this very reply);
   an orchestrator restarts a process that stops answering.
 - ``/readyz``: 200 only while the worker is connected to the broker and the
-  database is writable; 503 while it retries or reconnects.
+  database is writable; 503 while it retries or reconnects. Under
+  ``chatstore worker --processes N`` the supervisor serves the port, and
+  ``/readyz`` is 200 only while all N children are alive and ready.
 - ``/metrics``: Prometheus text format.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,20 +21,67 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from worker.unavailable import http_port_unusable
 
 
-@dataclass
-class Readiness:
-    """What /readyz reports; the worker flips these as its connections come and go."""
+class ReadinessProbe(Protocol):
+    """What /readyz asks: a worker's :class:`Readiness`, or a supervisor's view of its children."""
 
-    broker: bool = False
-    database: bool = False
+    @property
+    def ready(self) -> bool: ...
+
+
+class Readiness:
+    """What /readyz reports; the worker flips these as its connections come and go.
+
+    Watchers hear of every change of :attr:`ready`. The readiness gauge is set
+    that way rather than read at each scrape (``Gauge.set_function``), because
+    a supervised child writes its metrics to files that the supervisor reads,
+    and multiprocess mode has no functions.
+    """
+
+    def __init__(self, *, broker: bool = False, database: bool = False) -> None:
+        self._broker = broker
+        self._database = database
+        self._watchers: list[Callable[[bool], None]] = []
+
+    @property
+    def broker(self) -> bool:
+        return self._broker
+
+    @broker.setter
+    def broker(self, value: bool) -> None:
+        before = self.ready
+        self._broker = value
+        self._changed(before)
+
+    @property
+    def database(self) -> bool:
+        return self._database
+
+    @database.setter
+    def database(self, value: bool) -> None:
+        before = self.ready
+        self._database = value
+        self._changed(before)
 
     @property
     def ready(self) -> bool:
-        return self.broker and self.database
+        return self._broker and self._database
+
+    def watch(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(ready)`` now and at every change."""
+        self._watchers.append(callback)
+        callback(self.ready)
+
+    def _changed(self, before: bool) -> None:
+        if self.ready != before:
+            for callback in self._watchers:
+                callback(self.ready)
+
+    def __repr__(self) -> str:
+        return f"Readiness(broker={self._broker}, database={self._database})"
 
 
 class HealthServer:
-    def __init__(self, registry: CollectorRegistry, readiness: Readiness) -> None:
+    def __init__(self, registry: CollectorRegistry, readiness: ReadinessProbe) -> None:
         self._registry = registry
         self._readiness = readiness
         self._server: asyncio.Server | None = None

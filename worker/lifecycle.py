@@ -36,6 +36,7 @@ from worker.ingest.flush import FatalError, Flusher
 from worker.ingest.watchdog import WatchdogError
 from worker.metrics import Metrics
 from worker.settings import Settings
+from worker.supervise.child import stop_when_supervisor_exits
 from worker.unavailable import ServiceUnavailableError, describe, rabbitmq_at, short, vhost_refused
 
 log = structlog.get_logger("chatstore.worker")
@@ -62,29 +63,42 @@ _BROKER_LOST = (
 
 
 async def run(
-    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    handle_signals: bool = True,
+    child: int | None = None,
 ) -> int:
     """Run the worker until ``stop`` is set (or SIGTERM/SIGINT); returns the exit code.
 
     ``handle_signals=False`` leaves the process's signals alone, for running
-    several workers in one process (tests, benchmarks).
+    several workers in one process (tests, benchmarks). ``child`` is the
+    index of a process that ``chatstore worker --processes N`` started
+    (``worker.supervise.child``): it serves no HTTP port (the supervisor
+    serves one for all), writes its metrics where the supervisor reads them,
+    logs its index in every line, and drains when the supervisor is gone.
     """
     stop = stop or asyncio.Event()
+    if child is not None:
+        # Before the signal handlers, which run in a copy of the context as it is now.
+        structlog.contextvars.bind_contextvars(child=child)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     for signum in signals:
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     metrics = Metrics()
     readiness = Readiness()
-    metrics.ready.set_function(lambda: float(readiness.ready))
+    readiness.watch(lambda ready: metrics.ready.set(float(ready)))
     health = HealthServer(metrics.registry, readiness)
-    if settings.http_port:
+    if settings.http_port and child is None:
         port = await health.start(settings.http_host, settings.http_port)
         log.info("http.listening", port=port, paths=["/metrics", "/healthz", "/readyz"])
     engine = create_engine(settings)
     worker = _Worker(settings, engine, metrics, readiness)
+    supervised = stop_when_supervisor_exits(stop) if child is not None else contextlib.nullcontext()
     try:
-        return await worker.run(stop)
+        with supervised:
+            return await worker.run(stop)
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)

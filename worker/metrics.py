@@ -1,4 +1,9 @@
-"""Prometheus metrics of the worker, on a registry of its own per run."""
+"""Prometheus metrics of the worker, on a registry of its own per run.
+
+A supervised child (``chatstore worker --processes N``) runs with
+``PROMETHEUS_MULTIPROC_DIR`` set by its supervisor, so prometheus-client
+writes these values to files there, and the supervisor serves their sum.
+"""
 
 from __future__ import annotations
 
@@ -43,9 +48,14 @@ class Metrics:
             ["sqlstate"],
             registry=self.registry,
         )
+        # In a supervised child (multiprocess mode) each live child writes its
+        # own value, labelled with its pid: the supervisor needs them one by one
+        # to answer /readyz, and serves their conjunction as chatstore_ready.
+        # Outside multiprocess mode the mode is ignored.
         self.ready = Gauge(
             "chatstore_ready",
             "1 while connected to both servers and writing; 0 while retrying or reconnecting "
-            "(read from the readiness state at each scrape).",
+            "(under a supervisor: 1 only while every child is).",
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
