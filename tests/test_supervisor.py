@@ -133,8 +133,12 @@ def consumers_are(amqp_url: str, expected: int) -> Callable[[], Awaitable[bool]]
     return check
 
 
+def events_total(outcome: str, reason: str = "") -> tuple[str, tuple[tuple[str, str], ...]]:
+    return ("chatstore_events_total", (("outcome", outcome), ("reason", reason)))
+
+
 def inserted(samples: Samples) -> float:
-    return samples.get(("chatstore_events_total", (("outcome", "inserted"), ("reason", ""))), 0)
+    return samples.get(events_total("inserted"), 0)
 
 
 def restarts(samples: Samples, reason: str) -> float:
@@ -189,8 +193,19 @@ async def test_a_child_sigkilled_mid_stream_is_restarted_and_nothing_is_lost_or_
             lambda: _equals(count(database_url, "messages"), 1000), what="the first chunk"
         )
         await wait_for(lambda: _depth_is(amqp_url, topology.QUEUE, 0), what="an empty queue")
+
+        def outcomes(samples: Samples) -> tuple[float, float, float]:
+            return (
+                inserted(samples),
+                samples.get(events_total("duplicate"), 0),
+                samples.get(events_total("dead_lettered", "malformed"), 0),
+            )
+
+        async def all_counted() -> bool:  # a batch is counted just after its ack
+            return outcomes(await scrape(port)) == (1000, 10, 1)
+
+        await wait_for(all_counted, within_s=10, what="the first chunk counted on /metrics")
         samples = await scrape(port)
-        assert inserted(samples) == 1000
         assert samples[("chatstore_ready", ())] == 1
         assert samples[("chatstore_processes", ())] == 2
         assert restarts(samples, "signal") == 0
@@ -279,11 +294,52 @@ async def test_readyz_is_503_while_the_children_cannot_reach_the_database(
         samples = await scrape(port)
         assert samples[("chatstore_ready", ())] == 0
         assert samples[("chatstore_processes", ())] == 2
-        supervisor.process.send_signal(signal.SIGTERM)
+        # Ctrl-C: the supervisor forwards it as SIGTERM; the children stop retrying.
+        supervisor.process.send_signal(signal.SIGINT)
         assert await supervisor.wait(settings.drain_timeout_s + 15) == exits.OK
     finally:
         supervisor.kill()
     assert not supervisor.events("supervisor.child_restarted")
+    assert {line["child"] for line in supervisor.events("supervisor.child_stopped")} == {0, 1}
+    assert {line.get("exit_code") for line in supervisor.events("supervisor.child_stopped")} == {0}
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_the_children_of_a_sigkilled_supervisor_drain_and_exit(
+    settings: Settings, database_url: URL, tmp_path: Path
+) -> None:
+    supervisor = Supervised(settings, 2, tmp_path / "supervisor.log")
+    children: list[int] = []
+    try:
+        await wait_for(consumers_are(settings.amqp_url, 2), within_s=60, what="two consumers")
+        children = supervisor.children()
+        assert len(children) == 2, children
+        await publish(settings.amqp_url, [message_created(user_id="alice") for _ in range(50)])
+        supervisor.kill()  # SIGKILL: no signal reaches the children
+
+        async def children_gone() -> bool:
+            return not any(_running(pid) for pid in children)
+
+        await wait_for(children_gone, within_s=settings.drain_timeout_s + 10, what="children gone")
+    finally:
+        supervisor.kill()
+        for pid in children:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert {line["child"] for line in supervisor.events("worker.supervisor_gone")} == {0, 1}
+    assert {line["child"] for line in supervisor.events("worker.stopped")} == {0, 1}
+    assert await consumer_count(settings.amqp_url) == 0
+    # Each event stored, or returned to the queue by the drain.
+    stored = await count(database_url, "messages")
+    assert stored + await queue_depth(settings.amqp_url, topology.QUEUE) == 50
 
 
 async def test_a_child_with_a_configuration_error_stops_the_supervisor_with_exit_2(
