@@ -17,11 +17,12 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL
 
@@ -41,7 +42,9 @@ from tests.harness import (
     worker_settings,
 )
 from worker import exits, topology
+from worker.ingest.backoff import Backoff
 from worker.settings import Settings
+from worker.supervise.supervisor import Supervisor
 from worker.tools.sandbox import consumer_count
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -356,6 +359,54 @@ async def test_a_child_with_a_configuration_error_stops_the_supervisor_with_exit
     assert supervisor.events("supervisor.child_misconfigured")
     assert not supervisor.events("supervisor.child_restarted")
     assert f"the broker refused to open the vhost '{missing}'" in supervisor.log_path.read_text()
+
+
+async def _restarts_of_a_failing_child(
+    tmp_path: Path, *, runs_s: float, healthy_after_s: float, restarts: int
+) -> list[MutableMapping[str, Any]]:
+    """The logs of a supervisor whose one child runs ``runs_s``, exits 1, and so on."""
+    failing = (sys.executable, "-c", f"import time; time.sleep({runs_s}); raise SystemExit(1)")
+    supervisor = Supervisor(
+        Settings(http_port=0, drain_timeout_s=5),
+        1,
+        tmp_path,
+        command=failing,
+        backoff=Backoff(initial_s=0.1, max_s=0.4),
+        healthy_after_s=healthy_after_s,
+    )
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(supervisor.run())
+
+        async def restarted() -> bool:
+            assert not running.done(), running
+            events = [line["event"] for line in logs]
+            return events.count("supervisor.child_restarted") >= restarts
+
+        await wait_for(restarted, within_s=30, what=f"{restarts} restarts")
+        supervisor.stop()
+        await asyncio.wait_for(running, timeout=10)
+    return logs
+
+
+async def test_a_child_that_keeps_failing_is_restarted_with_growing_delays(tmp_path: Path) -> None:
+    logs = await _restarts_of_a_failing_child(tmp_path, runs_s=0.05, healthy_after_s=60, restarts=4)
+    died = [line for line in logs if line["event"] == "supervisor.child_died"]
+    assert all(line["exit_code"] == 1 for line in died)
+    delays = [line["restart_in_s"] for line in died[:4]]
+    # 0.1, 0.2, 0.4, then capped at 0.4, each with up to a fifth of jitter.
+    for delay, base in zip(delays, [0.1, 0.2, 0.4, 0.4], strict=True):
+        assert base * 0.8 - 0.01 <= delay <= base * 1.2 + 0.01, delays
+    restarted = [line for line in logs if line["event"] == "supervisor.child_restarted"]
+    assert [line["exit_code"] for line in restarted[:4]] == [1, 1, 1, 1]
+    assert [line["previous_pid"] for line in restarted[:4]] == [line["pid"] for line in died[:4]]
+
+
+async def test_a_child_that_ran_healthy_for_a_while_restarts_with_the_first_delay_again(
+    tmp_path: Path,
+) -> None:
+    logs = await _restarts_of_a_failing_child(tmp_path, runs_s=0.3, healthy_after_s=0.2, restarts=3)
+    delays = [line["restart_in_s"] for line in logs if line["event"] == "supervisor.child_died"]
+    assert all(0.07 <= delay <= 0.13 for delay in delays), delays
 
 
 def _run(*arguments: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -31,6 +31,7 @@ import signal
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -54,6 +55,8 @@ HEALTHY_AFTER_S: Final = 30.0
 STOP_MARGIN_S: Final = 5.0
 """Beyond the children's drain_timeout_s: their own timeout, exit and the reaping."""
 _SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+CHILD_COMMAND: Final = (sys.executable, "-m", "worker", "worker")
+"""A child: this interpreter running ``chatstore worker``, marked by its environment."""
 
 
 async def supervise(settings: Settings, processes: int) -> int:
@@ -63,9 +66,23 @@ async def supervise(settings: Settings, processes: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, processes: int, metrics_dir: Path) -> None:
+    """Runs ``processes`` children of ``command``; the keyword arguments are for tests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processes: int,
+        metrics_dir: Path,
+        *,
+        command: Sequence[str] = CHILD_COMMAND,
+        backoff: Backoff = RESTART_BACKOFF,
+        healthy_after_s: float = HEALTHY_AFTER_S,
+    ) -> None:
         self._settings = settings
         self._metrics_dir = metrics_dir
+        self._command = tuple(command)
+        self._backoff = backoff
+        self._healthy_after_s = healthy_after_s
         self._processes: list[asyncio.subprocess.Process | None] = [None] * processes
         self._stopping = asyncio.Event()
         self._misconfigured = False
@@ -146,11 +163,11 @@ class Supervisor:
                     note="every child would fail the same way; stopping the others",
                 )
                 self._misconfigured = True
-                self._stop()
+                self.stop()
                 return
-            if loop.time() - started_at >= HEALTHY_AFTER_S:
+            if loop.time() - started_at >= self._healthy_after_s:
                 attempt = 0
-            delay = RESTART_BACKOFF.delay(attempt)
+            delay = self._backoff.delay(attempt)
             attempt += 1
             log.warning(
                 "supervisor.child_died",
@@ -177,10 +194,7 @@ class Supervisor:
 
     async def _start(self, index: int) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "worker",
+            *self._command,
             env=child.environment(os.environ, index, self._metrics_dir),
             # A pipe the child watches: its end tells the child we are gone.
             stdin=asyncio.subprocess.PIPE,
@@ -198,9 +212,10 @@ class Supervisor:
             signal=signal.Signals(signum).name,
             children=self._live_pids(),
         )
-        self._stop()
+        self.stop()
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Stop restarting, and send every child SIGTERM (what SIGTERM and SIGINT do)."""
         self._stopping.set()
         for process in self._processes:
             if process is not None:
@@ -209,7 +224,7 @@ class Supervisor:
     def _on_keeper_done(self, keeper: asyncio.Task[None]) -> None:
         if not keeper.cancelled() and keeper.exception() is not None:
             log.error("supervisor.failed", error=repr(keeper.exception()))
-            self._stop()
+            self.stop()
 
     def _live_pids(self) -> list[int]:
         return [p.pid for p in self._processes if p is not None and p.returncode is None]
