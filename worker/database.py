@@ -13,6 +13,8 @@ Two things are decided here rather than in the URL:
   into unnamed ones, the same for the worker as for readers. The worker keeps
   no other session state: no SET, no advisory locks, no temporary tables, no
   LISTEN.
+- **Failover**: connections to a server that went away or answers read-only
+  are dropped, so the next attempt finds the primary among the URL's hosts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts.history import transaction_pooling_args
+from contracts.history.failover import drop_connections_on_failover
 from worker.settings import Settings
 from worker.unavailable import ServiceUnavailableError, postgres_at, short
 
@@ -66,10 +69,19 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
     One batch is written at a time; the second connection serves the halves
     of a refused batch without waiting for the first to return to the pool.
+
+    A URL may list several servers (see :mod:`contracts.history.url`). After
+    a failover the pool is dropped on the first error from the old server, a
+    dead connection or a read-only answer alike
+    (:func:`~contracts.history.failover.drop_connections_on_failover`), so the
+    batch's retry connects anew and ``target_session_attrs`` picks the new
+    primary. There is no pre-ping: the retry that follows one failed attempt
+    costs less than a round trip before every batch.
     """
-    return create_async_engine(
+    engine = create_async_engine(
         settings.sqlalchemy_url,
         pool_size=2,
         max_overflow=0,
         connect_args=connect_args(settings),
     )
+    return drop_connections_on_failover(engine)

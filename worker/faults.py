@@ -29,7 +29,7 @@ _TRANSIENT_CODES = frozenset(
         "40001",  # serialization_failure
         "40003",  # statement_completion_unknown: the commit's outcome is unknown
         "40P01",  # deadlock_detected
-        "25006",  # read_only_sql_transaction: a replica, right after a failover
+        "25006",  # read_only_sql_transaction: a standby, or a server set read-only for a while
         "55P03",  # lock_not_available
         "57P01",  # admin_shutdown: a restart or failover
         "57P02",  # crash_shutdown
@@ -95,5 +95,9 @@ def classify(error: BaseException) -> Fault:
             return Fault.TRANSIENT
         # Refused, reset, timed out, or closed under us.
         if isinstance(link, OSError | TimeoutError | asyncpg.ConnectionDoesNotExistError):
+            return Fault.TRANSIENT
+        # No host of the URL matches target_session_attrs: mid-failover, the
+        # old primary is gone and no standby has been promoted yet.
+        if isinstance(link, asyncpg.TargetServerAttributeNotMatched):
             return Fault.TRANSIENT
     return Fault.FATAL

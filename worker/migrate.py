@@ -11,6 +11,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
+from contracts.history.url import connect_kwargs
 from worker.unavailable import using_postgres
 
 MAINTENANCE_DATABASE: Final = "postgres"
@@ -44,15 +45,14 @@ def alembic_config(url: URL, connect_args: Mapping[str, Any] | None = None) -> C
     return config
 
 
-def _asyncpg_dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _asyncpg_args(connect_args: Mapping[str, Any] | None) -> dict[str, Any]:
+def _asyncpg_args(url: URL, connect_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What asyncpg.connect needs for ``url``: the engine's own reading of it (a list of
+    hosts and target_session_attrs included), plus ``connect_args``."""
     # SQLAlchemy's own options (prepared_statement_*) mean nothing to asyncpg.
-    return {
+    extra = {
         k: v for k, v in (connect_args or {}).items() if not k.startswith("prepared_statement_")
     }
+    return connect_kwargs(url) | extra
 
 
 async def ensure_database(url: URL, connect_args: Mapping[str, Any] | None = None) -> bool:
@@ -67,12 +67,12 @@ async def ensure_database(url: URL, connect_args: Mapping[str, Any] | None = Non
 
 async def _create_if_missing(url: URL, connect_args: Mapping[str, Any] | None) -> bool:
     try:
-        await (await asyncpg.connect(_asyncpg_dsn(url), **_asyncpg_args(connect_args))).close()
+        await (await asyncpg.connect(**_asyncpg_args(url, connect_args))).close()
         return False
     except asyncpg.InvalidCatalogNameError:
         pass
     connection = await asyncpg.connect(
-        _asyncpg_dsn(url.set(database=MAINTENANCE_DATABASE)), **_asyncpg_args(connect_args)
+        **_asyncpg_args(url.set(database=MAINTENANCE_DATABASE), connect_args)
     )
     try:
         quoted = '"' + str(url.database).replace('"', '""') + '"'

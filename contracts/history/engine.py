@@ -10,13 +10,13 @@ behind. asyncpg re-parses an unnamed statement in the round trip that runs it.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-_ASYNCPG: Final = "postgresql+asyncpg"
-_PLAIN: Final = frozenset({"postgresql", "postgres", _ASYNCPG})
+from contracts.history.failover import drop_connections_on_failover
+from contracts.history.url import DatabaseURLError, asyncpg_url
 
 
 def _unnamed_statement() -> str:
@@ -37,20 +37,26 @@ def reader_engine(
 ) -> AsyncEngine:
     """An :class:`AsyncEngine` on asyncpg for :class:`~contracts.history.Repository`.
 
-    ``url`` may be a plain ``postgresql://`` URL; the driver is set here.
+    ``url`` may be a plain ``postgresql://`` URL; the driver is set here. It
+    may list several servers, libpq's way, with the one to read from chosen
+    by ``target_session_attrs``
+    (``postgresql://app@db1:5432,db2:5432/chatstore?target_session_attrs=read-write``,
+    or ``prefer-standby`` to read from a standby while there is one).
     ``transaction_pooling=True`` for PgBouncer in transaction mode. Other
     keyword arguments (``pool_size``, ``connect_args``, ...) go to
     :func:`sqlalchemy.ext.asyncio.create_async_engine`.
+
+    Pooled connections are checked before use (``pool_pre_ping``, unless
+    given): after a failover the first read then reconnects, to the server
+    the URL's hosts now offer, instead of failing on the old one.
     """
-    parsed = make_url(url)
-    if parsed.drivername not in _PLAIN:
-        raise ValueError(
-            f"the history repository reads PostgreSQL through asyncpg; "
-            f"give a postgresql:// URL, not {parsed.drivername}://"
-        )
+    try:
+        parsed = asyncpg_url(url)
+    except DatabaseURLError as error:
+        raise ValueError(f"the history repository's database URL {error}") from None
     connect_args = dict(options.pop("connect_args", {}))
     if transaction_pooling:
         connect_args |= transaction_pooling_args()
-    return create_async_engine(
-        parsed.set(drivername=_ASYNCPG), connect_args=connect_args, **options
-    )
+    options.setdefault("pool_pre_ping", True)
+    engine = create_async_engine(parsed, connect_args=connect_args, **options)
+    return drop_connections_on_failover(engine)
