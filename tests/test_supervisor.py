@@ -409,6 +409,37 @@ async def test_a_child_that_ran_healthy_for_a_while_restarts_with_the_first_dela
     assert all(0.07 <= delay <= 0.13 for delay in delays), delays
 
 
+async def test_children_that_outlast_the_drain_timeout_are_killed_and_the_exit_is_1(
+    tmp_path: Path,
+) -> None:
+    stubborn = (
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
+    )
+    supervisor = Supervisor(
+        Settings(http_port=0, drain_timeout_s=0.5), 2, tmp_path, command=stubborn
+    )
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(supervisor.run())
+
+        async def both_started() -> bool:
+            events = [line["event"] for line in logs]
+            return events.count("supervisor.child_started") == 2
+
+        await wait_for(both_started, what="two children started")
+        await asyncio.sleep(0.5)  # time for them to ignore SIGTERM
+        started = asyncio.get_running_loop().time()
+        supervisor.stop()
+        assert await asyncio.wait_for(running, timeout=30) == exits.FAILURE
+        took_s = asyncio.get_running_loop().time() - started
+    assert 5.5 <= took_s < 15, took_s  # drain_timeout_s + STOP_MARGIN_S, then the kill
+    (timeout,) = [line for line in logs if line["event"] == "supervisor.drain_timeout"]
+    assert len(timeout["killed"]) == 2
+    stopped = [line for line in logs if line["event"] == "supervisor.child_stopped"]
+    assert [line["signal"] for line in stopped] == ["SIGKILL", "SIGKILL"]
+
+
 def _run(*arguments: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker", "worker", *arguments],
