@@ -21,6 +21,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,6 +31,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from contracts.brokers import BrokerNodes
 from contracts.events import AnyEvent
 from contracts.routing import EXCHANGE
 
@@ -83,11 +85,19 @@ def _message(event: AnyEvent) -> aio_pika.Message:
 
 
 class Publisher:
-    """Publishes events to ``chat.events``; use ``async with Publisher(url) as p``."""
+    """Publishes events to ``chat.events``; use ``async with Publisher(url) as p``.
+
+    ``amqp_url`` is one node's URL, or a cluster's nodes as a comma-separated
+    list (or a sequence of URLs) that agree on all but host and port. The
+    publisher takes them in an order of its own, shuffled, and moves on to the
+    next node whenever one cannot be reached or its connection is lost (see
+    :mod:`contracts.brokers`). A list that is not one cluster raises
+    :class:`~contracts.brokers.BrokerURLError` (a ``ValueError``) here.
+    """
 
     def __init__(
         self,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         *,
         buffer_size: int = 10_000,
         when_full: WhenFull = WhenFull.DROP_NEWEST,
@@ -97,7 +107,7 @@ class Publisher:
     ) -> None:
         if buffer_size < 1 or in_flight < 1:
             raise ValueError("buffer_size and in_flight must be at least 1")
-        self._url = amqp_url
+        self._nodes = BrokerNodes(amqp_url)  # checked now: a bad list raises here
         self._buffer: deque[AnyEvent] = deque()
         self._buffer_size = buffer_size
         self._when_full = WhenFull(when_full)
@@ -190,11 +200,26 @@ class Publisher:
 
     async def _ready_exchange(self) -> AbstractExchange:
         if self._exchange is None or self._connection is None or self._connection.is_closed:
-            self._connection = await aio_pika.connect(self._url, timeout=10)
+            self._connection = await self._connect()
             channel: AbstractChannel = await self._connection.channel(publisher_confirms=True)
             # The runtime may only write to chat.events: it never declares it.
             self._exchange = await channel.get_exchange(EXCHANGE, ensure=False)
         return self._exchange
+
+    async def _connect(self) -> AbstractConnection:
+        """A connection to the next node that answers, each tried once; else the last error."""
+        for attempt in range(len(self._nodes)):
+            node = self._nodes.next()
+            try:
+                connection = await aio_pika.connect(node.url, timeout=10)
+            except (aiormq.exceptions.AMQPConnectionError, OSError, TimeoutError) as error:
+                log.warning("publisher: node %s: %s", node.address, type(error).__name__)
+                if attempt == len(self._nodes) - 1:
+                    raise
+            else:
+                log.info("publisher connected to node %s", node.address)
+                return connection
+        raise AssertionError("unreachable: a cluster has at least one node")
 
     async def _publish_confirmed(self, exchange: AbstractExchange, event: AnyEvent) -> None:
         confirmation = await exchange.publish(_message(event), routing_key=event.type)

@@ -18,16 +18,15 @@ Transport security lives here too (see docs/DEPLOYMENT.md):
 from __future__ import annotations
 
 import os
-import re
 from typing import Annotated, Any, Final, Literal, Self, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import yarl
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from contracts.brokers import BrokerURLError, parse_nodes
 from worker.redact import redact_url, url_password
 
 ENV_PREFIX: Final = "CHATSTORE_"
@@ -67,22 +66,10 @@ def _postgres_url(value: str) -> str:
 
 
 def _amqp_url(value: str) -> str:
-    scheme, sep, rest = value.partition("://")
-    if not sep or scheme not in {"amqp", "amqps"}:
-        raise ValueError("must start with amqp:// or amqps://")
-    # The host part ends at the first "/", "?" or "#" (RFC 3986, and the
-    # client's parser, yarl): an "@" only after it means a user or password
-    # holding one of those, which the client would read as host and path.
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" not in authority and "@" in rest[len(authority) :]:
-        raise ValueError(
-            "is ambiguous: percent-encode '/', '?' and '#' in the user and password "
-            "(%2F, %3F, %23), and '@' in the vhost (%40)"
-        )
     try:
-        yarl.URL(value).port  # noqa: B018 (reading it is the check)
-    except ValueError:
-        raise ValueError("has a port that is not a number from 0 to 65535") from None
+        parse_nodes(value)
+    except BrokerURLError as error:
+        raise ValueError(str(error)) from None
     return value
 
 
@@ -95,6 +82,30 @@ def _readable_file(path: str) -> str:
 
 
 CertificatePath = Annotated[str, AfterValidator(_readable_file)]
+
+
+def _with_tls_files(url: str, given: dict[str, str]) -> str:
+    """``url`` with the certificate files of ``given`` (aiormq's parameter names) in its query.
+
+    Files already in the URL are checked here, so a missing one is a
+    configuration error (exit 2), not a connection failure retried forever.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for parameter in ("cafile", "certfile", "keyfile"):
+        if parameter in query and parameter not in given:
+            try:
+                _readable_file(query[parameter])
+            except ValueError:
+                raise ValueError(
+                    f"CHATSTORE_AMQP_URL: parameter {parameter} names no readable file"
+                ) from None
+    query |= given
+    if parts.scheme != "amqps" and any(query.get(p) for p in _AMQP_TLS.values()):
+        raise ValueError("CHATSTORE_AMQP_CAFILE, _CERTFILE, _KEYFILE need an amqps:// URL")
+    if bool(query.get("certfile")) != bool(query.get("keyfile")):
+        raise ValueError("CHATSTORE_AMQP_CERTFILE and _KEYFILE go together: set both")
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
 
 
 class Settings(BaseSettings):
@@ -170,26 +181,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _amqp_tls(self) -> Self:
-        """Write the AMQP certificate settings into the URL, where aiormq reads them."""
-        parts = urlsplit(self.amqp_url)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        """Write the AMQP certificate settings into each node's URL, where aiormq reads them."""
+        urls = [node.url for node in parse_nodes(self.amqp_url)]
         given = {p: v for f, p in _AMQP_TLS.items() if (v := getattr(self, f))}
-        for parameter in ("cafile", "certfile", "keyfile"):
-            if parameter in query and parameter not in given:
-                try:
-                    _readable_file(query[parameter])
-                except ValueError:
-                    raise ValueError(
-                        f"CHATSTORE_AMQP_URL: parameter {parameter} names no readable file"
-                    ) from None
-        query |= given
-        if parts.scheme != "amqps" and any(query.get(p) for p in _AMQP_TLS.values()):
-            raise ValueError("CHATSTORE_AMQP_CAFILE, _CERTFILE, _KEYFILE need an amqps:// URL")
-        if bool(query.get("certfile")) != bool(query.get("keyfile")):
-            raise ValueError("CHATSTORE_AMQP_CERTFILE and _KEYFILE go together: set both")
-        if given:  # otherwise leave the URL exactly as it was written
-            self.amqp_url = urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+        with_tls = [_with_tls_files(url, given) for url in urls]
+        if given:  # otherwise leave the URLs exactly as they were written
+            self.amqp_url = ",".join(with_tls)
         return self
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The URL of each RabbitMQ node, in the order written."""
+        return tuple(node.url for node in parse_nodes(self.amqp_url))
 
     @property
     def sqlalchemy_url(self) -> URL:
@@ -202,7 +205,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """The passwords in the configured URLs, for :mod:`worker.redact`."""
-        return [p for p in (url_password(self.database_url), url_password(self.amqp_url)) if p]
+        urls = (self.database_url, *self.amqp_urls)
+        return [p for url in urls if (p := url_password(url))]
 
     def __repr_args__(self) -> Any:
         # A settings object in a traceback or a log line must not carry passwords.

@@ -19,6 +19,7 @@ import yarl
 from aio_pika.abc import AbstractConnection
 from sqlalchemy.engine import URL
 
+from contracts.brokers import BrokerNodes, BrokerURLError, parse_nodes
 from worker import exits
 
 
@@ -52,28 +53,17 @@ def postgres_at(url: URL) -> str:
     return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
 
 
-def broker_address(amqp_url: str) -> tuple[str, int, str] | None:
-    """Host, port and vhost as the client reads ``amqp_url`` (aiormq, on yarl); None if
-    it cannot read it. Parsed the client's way, so the name shown is the server it
-    contacted, and a password holding "@" or ":" is never taken for the host."""
-    try:
-        url = yarl.URL(amqp_url)
-        port = url.port or (5671 if url.scheme == "amqps" else 5672)
-    except ValueError:
-        return None
-    # aiormq's own reading of the vhost: the path without its "/", %2F decoded.
-    vhost = "/" if url.path in ("", "/") else url.path[1:].replace("%2F", "/")
-    return url.host or "localhost", port, vhost
-
-
 def rabbitmq_at(amqp_url: str) -> str:
-    """How an operator knows the broker: host, port and vhost, never credentials."""
-    address = broker_address(amqp_url)
-    if address is None:
+    """How an operator knows the broker: each node's host and port, and the vhost;
+    never credentials. Parsed the client's way (:mod:`contracts.brokers`), so the
+    name shown is the server contacted, and a password holding "@" or ":" is never
+    taken for the host."""
+    try:
+        nodes = parse_nodes(amqp_url)
+    except BrokerURLError:
         return "RabbitMQ (CHATSTORE_AMQP_URL)"
-    host, port, vhost = address
-    shown_host = f"[{host}]" if ":" in host else host  # IPv6
-    return f"RabbitMQ at {shown_host}:{port}/{'' if vhost == '/' else vhost}"
+    vhost = nodes[0].vhost
+    return f"RabbitMQ at {', '.join(n.address for n in nodes)}/{'' if vhost == '/' else vhost}"
 
 
 # Failures of a PostgreSQL connection or statement, as asyncpg raises them
@@ -121,10 +111,13 @@ def vhost_refused(amqp_url: str, error: BaseException) -> ServiceUnavailableErro
     refused = isinstance(error, aiormq.exceptions.InvalidFrameError) and (
         "Connection.OpenOk" in str(error) and "Connection.Close" in str(error)
     )
-    address = broker_address(amqp_url)
-    if not refused or address is None:
+    if not refused:
         return None
-    user, vhost = yarl.URL(amqp_url).user or "guest", address[2]
+    try:
+        node = parse_nodes(amqp_url)[0]
+    except BrokerURLError:
+        return None
+    user, vhost = yarl.URL(node.url).user or "guest", node.vhost
     return ServiceUnavailableError(
         rabbitmq_at(amqp_url),
         f"the broker refused to open the vhost {vhost!r} for the user {user!r}: it does "
@@ -137,23 +130,33 @@ def vhost_refused(amqp_url: str, error: BaseException) -> ServiceUnavailableErro
 async def connect_rabbitmq(amqp_url: str, *, timeout_s: float = 30) -> AbstractConnection:
     """A connection to the broker, or a :class:`ServiceUnavailableError` naming it.
 
-    A vhost that cannot be opened is configuration (exit 2). A refused login
-    and a broker that cannot be reached are failures (exit 1), as they are
-    for ``chatstore worker``.
+    ``amqp_url`` may list a cluster's nodes: each is tried once, in this
+    process's order (:class:`contracts.brokers.BrokerNodes`), until one
+    answers. A vhost that cannot be opened is configuration (exit 2). A
+    refused login and a broker that cannot be reached are failures (exit 1),
+    as they are for ``chatstore worker``.
     """
-    where = rabbitmq_at(amqp_url)
-    try:
-        return await aio_pika.connect(amqp_url, timeout=timeout_s)
-    except aiormq.exceptions.ProbableAuthenticationError as error:
-        raise ServiceUnavailableError(
-            where,
-            f"the broker refused the login ({short(error)}); check the user and password "
-            "in CHATSTORE_AMQP_URL",
-        ) from error
-    except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as error:
-        raise vhost_refused(amqp_url, error) or ServiceUnavailableError(
-            where, short(error)
-        ) from error
+    nodes = BrokerNodes(amqp_url)
+    failures: list[tuple[str, BaseException]] = []
+    for _ in range(len(nodes)):
+        node = nodes.next()
+        try:
+            return await aio_pika.connect(node.url, timeout=timeout_s)
+        except aiormq.exceptions.ProbableAuthenticationError as error:
+            raise ServiceUnavailableError(
+                rabbitmq_at(node.url),
+                f"the broker refused the login ({short(error)}); check the user and password "
+                "in CHATSTORE_AMQP_URL",
+            ) from error
+        except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as error:
+            refused = vhost_refused(node.url, error)
+            if refused is not None:
+                raise refused from error
+            failures.append((node.address, error))
+    if len(failures) == 1:
+        raise ServiceUnavailableError(rabbitmq_at(amqp_url), short(failures[0][1]))
+    reasons = "; ".join(f"{address}: {short(error)}" for address, error in failures)
+    raise ServiceUnavailableError(rabbitmq_at(amqp_url), f"no node answered ({reasons})")
 
 
 @contextlib.asynccontextmanager
