@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.history import reader_engine
+from contracts.history.url import TARGET_SESSION_ATTRS, connect_kwargs, servers
 from worker.database import connect_args, ssl_argument
 from worker.settings import ConfigurationError, Settings, load_settings
+from worker.unavailable import postgres_at
 
 
 @pytest.fixture(autouse=True)
@@ -227,3 +233,167 @@ def test_inconsistent_tls_settings_are_one_line_without_the_password(
     assert needle in str(raised.value)
     assert "hunter2" not in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+# --- several PostgreSQL hosts, libpq's way (issue 10) ---
+
+
+def test_a_list_of_hosts_becomes_the_asyncpg_dialects_host_parameters() -> None:
+    settings = Settings(
+        database_url="postgresql://app:hunter2@db1:5432,db2:5433,db3/x"
+        f"?target_session_attrs=read-write&sslmode=verify-full&sslrootcert={CA_BUNDLE}"
+    )
+    url = settings.sqlalchemy_url
+    assert (url.drivername, url.host, url.database, url.username) == (
+        "postgresql+asyncpg",
+        None,
+        "x",
+        "app",
+    )
+    # Each host with its port, 5432 where none was written; TLS moved out of the URL.
+    assert dict(url.query) == {
+        "host": ("db1:5432", "db2:5433", "db3:5432"),
+        "target_session_attrs": "read-write",
+    }
+    assert (settings.database_sslmode, settings.database_sslrootcert) == ("verify-full", CA_BUNDLE)
+    assert connect_kwargs(url) == {
+        "host": ["db1", "db2", "db3"],
+        "port": [5432, 5433, 5432],
+        "user": "app",
+        "password": "hunter2",
+        "database": "x",
+        "target_session_attrs": "read-write",
+    }
+    assert servers(url) == [("db1", 5432), ("db2", 5433), ("db3", 5432)]
+    # Handing the settings on as text (a subprocess's environment) changes nothing.
+    assert Settings(**settings.model_dump()).sqlalchemy_url == url
+
+
+@pytest.mark.parametrize("attrs", TARGET_SESSION_ATTRS)
+def test_every_target_session_attrs_asyncpg_knows_is_accepted(attrs: str) -> None:
+    for url in (
+        f"postgresql://u@db/x?target_session_attrs={attrs}",
+        f"postgresql://u@a,b/x?target_session_attrs={attrs}",
+    ):
+        assert Settings(database_url=url).sqlalchemy_url.query["target_session_attrs"] == attrs
+
+
+def test_a_single_host_url_reads_as_before() -> None:
+    url = Settings(database_url="postgresql://u:p@db:5433/x").sqlalchemy_url
+    assert (url.host, url.port, dict(url.query)) == ("db", 5433, {})
+    assert servers(url) == [("db", 5433)]
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (
+            "postgresql://a:hunter2@db1,db2/x?target_session_attrs=master",
+            "target_session_attrs must be one of any, primary",
+        ),
+        (
+            "postgresql://a:hunter2@db/x?target_session_attrs=readwrite",
+            "target_session_attrs must be one of",
+        ),
+        ("postgresql://a:hunter2@db1,,db2/x", "empty or malformed host"),
+        ("postgresql://a:hunter2@db1:5432,/x", "empty or malformed host"),
+        ("postgresql://a:hunter2@db1:port,db2/x", "port that is not a number"),
+        ("postgresql://a:hunter2@db1:70000,db2/x", "port that is not a number"),
+        ("postgresql://a:hunter2@[::1]:5432,db2/x", "IPv6"),
+        ("postgresql://a:hunter2@db1,db2/x?host=db3:5432", "gives hosts twice"),
+        ("postgresql://a:hunter2@db/x?host=db3:5432", "parameter 'host' is not supported"),
+        ("postgresql://a:hunter2@db1,db2", "names no database"),
+        ("mysql://a:hunter2@db1,db2/x", "must start with postgresql://"),
+    ],
+)
+def test_a_bad_host_list_is_one_line_naming_the_variable_not_the_password(
+    monkeypatch: pytest.MonkeyPatch, value: str, needle: str
+) -> None:
+    monkeypatch.setenv("CHATSTORE_DATABASE_URL", value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.startswith("CHATSTORE_DATABASE_URL: ")
+    assert needle in message
+    assert "hunter2" not in message
+    assert "\n" not in message
+
+
+def test_an_error_line_names_every_host_and_no_password() -> None:
+    url = Settings(database_url="postgresql://a:hunter2@db1:5432,db2:5433/x").sqlalchemy_url
+    assert postgres_at(url) == "PostgreSQL at db1:5432,db2:5433/x"
+    assert postgres_at(Settings(database_url="postgresql://a:hunter2@db/x").sqlalchemy_url) == (
+        "PostgreSQL at db:5432/x"
+    )
+
+
+def test_a_reader_engine_takes_the_same_url() -> None:
+    engine = reader_engine("postgresql://app:hunter2@db1:5432,db2/x?target_session_attrs=any")
+    assert (
+        engine.url
+        == Settings(
+            database_url="postgresql://app:hunter2@db1:5432,db2/x?target_session_attrs=any"
+        ).sqlalchemy_url
+    )
+    assert engine.pool._pre_ping
+    with pytest.raises(ValueError, match="target_session_attrs must be one of") as raised:
+        reader_engine("postgresql://app:hunter2@db1,db2/x?target_session_attrs=master")
+    assert "hunter2" not in str(raised.value)
+
+
+def test_migrate_names_every_host_it_could_not_reach_in_one_line(tmp_path: Path) -> None:
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("CHATSTORE_")
+    }
+    # Nothing listens on ports 1 and 2 of loopback: both refuse at once.
+    environment["CHATSTORE_DATABASE_URL"] = (
+        "postgresql://admin:hunter2@127.0.0.1:1,127.0.0.1:2/x?target_session_attrs=read-write"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "migrate"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(
+        "chatstore: cannot use PostgreSQL at 127.0.0.1:1,127.0.0.1:2/x: "
+    )
+    assert result.stderr.count("\n") == 1
+    assert "hunter2" not in result.stderr
+
+
+async def test_a_reader_engine_reads_libpq_tls_parameters_as_asyncpgs_ssl_argument(
+    services_admin_url: URL,
+) -> None:
+    def reader(mode: str) -> AsyncEngine:
+        url = services_admin_url.set(drivername="postgresql")
+        return reader_engine(url.update_query_dict({"sslmode": mode}))
+
+    plain, encrypted = reader("disable"), reader("require")
+    try:
+        assert "sslmode" not in plain.url.query  # asyncpg would refuse the keyword
+        async with plain.connect() as connection:
+            server_ssl = await connection.scalar(text("SHOW ssl"))
+            in_use = await connection.scalar(
+                text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            )
+        assert in_use is False
+        if server_ssl == "on":
+            async with encrypted.connect() as connection:
+                in_use = await connection.scalar(
+                    text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                )
+            assert in_use is True
+        else:  # require reached the driver: it asked for TLS and was refused
+            with pytest.raises(ConnectionError, match="rejected SSL upgrade"):
+                async with encrypted.connect():
+                    pass
+    finally:
+        await plain.dispose()
+        await encrypted.dispose()
+    with pytest.raises(ValueError, match="sslmode must be one of"):
+        reader_engine("postgresql://app@db/x?sslmode=on")

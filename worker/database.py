@@ -1,11 +1,9 @@
 """The SQLAlchemy engine the worker writes through: one place for connection settings.
 
-Two things are decided here rather than in the URL:
+Three things are decided here rather than in the URL:
 
-- **TLS** (``CHATSTORE_DATABASE_SSLMODE`` and friends, libpq's meaning):
-  verify-ca and verify-full get an :class:`ssl.SSLContext` that checks the
-  server's certificate (and, for verify-full, its name); require encrypts
-  without checking, as libpq does.
+- **TLS** (``CHATSTORE_DATABASE_SSLMODE`` and friends, libpq's meaning), read
+  the same way as a reader's URL parameters (:mod:`contracts.history.tls`).
 - **Transaction pooling** (``CHATSTORE_DATABASE_POOL_MODE=transaction``, for
   PgBouncer or Neon's pooled endpoint): nothing may outlive a transaction on
   the server. Prepared statements are the one thing asyncpg and SQLAlchemy
@@ -26,31 +24,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts.history import transaction_pooling_args
 from contracts.history.failover import drop_connections_on_failover
+from contracts.history.tls import ssl_argument as libpq_ssl_argument
 from worker.settings import Settings
 from worker.unavailable import ServiceUnavailableError, postgres_at, short
 
 
 def ssl_argument(settings: Settings) -> ssl.SSLContext | str:
     """asyncpg's ``ssl`` argument for the configured sslmode and certificates."""
-    mode = settings.database_sslmode
-    if mode in ("disable", "allow", "prefer"):
-        return mode  # asyncpg implements these the way libpq does
     try:
-        context = ssl.create_default_context(cafile=settings.database_sslrootcert or None)
-        if settings.database_sslcert:
-            context.load_cert_chain(settings.database_sslcert, settings.database_sslkey)
+        return libpq_ssl_argument(
+            settings.database_sslmode,
+            settings.database_sslrootcert,
+            settings.database_sslcert,
+            settings.database_sslkey,
+        )
     except (ssl.SSLError, OSError) as error:
         raise ServiceUnavailableError(
             postgres_at(settings.sqlalchemy_url),
             f"cannot load its TLS files ({short(error)}); check CHATSTORE_DATABASE_SSLROOTCERT, "
             "CHATSTORE_DATABASE_SSLCERT and CHATSTORE_DATABASE_SSLKEY",
         ) from error
-    if mode == "require":
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif mode == "verify-ca":
-        context.check_hostname = False  # the chain is checked, the name is not
-    return context
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:

@@ -6,6 +6,9 @@ the variable and never echoes the value: a URL may hold a password.
 
 Transport security lives here too (see docs/DEPLOYMENT.md):
 
+- PostgreSQL URLs may list several hosts, libpq's way
+  (``postgresql://u@db1:5432,db2:5432/x?target_session_attrs=read-write``):
+  see :mod:`contracts.history.url`.
 - PostgreSQL TLS follows libpq: ``CHATSTORE_DATABASE_SSLMODE`` and the
   certificate paths, or the same names as parameters of the URL
   (``?sslmode=verify-full&sslrootcert=...``, the form managed databases hand
@@ -23,20 +26,21 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from contracts.brokers import BrokerURLError, parse_nodes
+from contracts.history.url import DatabaseURLError, asyncpg_url
 from worker.redact import redact_url, url_password
 
 ENV_PREFIX: Final = "CHATSTORE_"
-_POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 SSL_MODES: Final[tuple[str, ...]] = get_args(SslMode)
 # libpq's TLS parameters, accepted in the database URL and moved out of it:
 # asyncpg takes none of them as a keyword, so SQLAlchemy must never see them.
 _LIBPQ_TLS: Final = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+# The database URL's parameters: TLS, and which of its hosts to use.
+_POSTGRES_PARAMETERS: Final = (*_LIBPQ_TLS, "target_session_attrs")
 # What aiormq reads from an amqps:// URL's query, by the setting that sets it.
 _AMQP_TLS: Final = {"amqp_cafile": "cafile", "amqp_certfile": "certfile", "amqp_keyfile": "keyfile"}
 
@@ -47,17 +51,17 @@ class ConfigurationError(Exception):
 
 def _postgres_url(value: str) -> str:
     try:
-        url = make_url(value)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise ValueError("is not a URL like postgresql://user@host:5432/dbname") from None
-    if url.drivername not in _POSTGRES_SCHEMES:
-        raise ValueError(f"must start with postgresql://, not {url.drivername}://")
+        url = asyncpg_url(value)  # a libpq list of hosts is read here too
+    except DatabaseURLError as error:
+        raise ValueError(str(error)) from None
     if not url.database:
         raise ValueError("names no database (postgresql://user@host:5432/dbname)")
-    unknown = sorted(set(url.query) - set(_LIBPQ_TLS))
+    # The parameters as written: host= and port= are the converted list's own.
+    written = {name for name, _ in parse_qsl(urlsplit(value).query, keep_blank_values=True)}
+    unknown = sorted(written - set(_POSTGRES_PARAMETERS))
     if unknown:  # a parameter's name is safe to show; its value may not be
         raise ValueError(
-            f"parameter {unknown[0]!r} is not supported (only {', '.join(_LIBPQ_TLS)})"
+            f"parameter {unknown[0]!r} is not supported (only {', '.join(_POSTGRES_PARAMETERS)})"
         )
     mode = url.query.get("sslmode")
     if mode is not None and mode not in SSL_MODES:
@@ -162,7 +166,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _database_tls(self) -> Self:
         """Take libpq's TLS parameters from the URL for the variables not set."""
-        query = make_url(self.database_url).query
+        query = asyncpg_url(self.database_url).query
         for name in _LIBPQ_TLS:
             field = f"database_{name}"
             value = query.get(name)
@@ -198,10 +202,10 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> URL:
         """The database URL with the asyncpg driver, without libpq's TLS parameters.
 
-        TLS is set by :func:`worker.database.connect_args` instead.
+        TLS is set by :func:`worker.database.connect_args` instead. A list of
+        hosts is in SQLAlchemy's form (:func:`contracts.history.url.asyncpg_url`).
         """
-        url = make_url(self.database_url).set(drivername="postgresql+asyncpg")
-        return url.difference_update_query(_LIBPQ_TLS)
+        return asyncpg_url(self.database_url).difference_update_query(_LIBPQ_TLS)
 
     def secrets(self) -> list[str]:
         """The passwords in the configured URLs, for :mod:`worker.redact`."""

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractConnection
 from sqlalchemy.engine import URL
 
 from contracts.brokers import BrokerNodes, BrokerURLError, parse_nodes
+from contracts.history.url import servers
 from worker import exits
 
 
@@ -49,8 +50,13 @@ def describe(error: BaseException) -> str:
 
 
 def postgres_at(url: URL) -> str:
-    """How an operator knows the database: never its password."""
-    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+    """How an operator knows the database: every host it names, never its password."""
+    try:
+        hosts = servers(url)
+    except ValueError:  # not a URL the settings would accept: name what it holds
+        hosts = [(url.host or "localhost", url.port or 5432)]
+    shown = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts)  # [IPv6]
+    return f"PostgreSQL at {shown}/{url.database}"
 
 
 def rabbitmq_at(amqp_url: str) -> str:

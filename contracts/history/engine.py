@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts.history.failover import drop_connections_on_failover
+from contracts.history.tls import split_tls
 from contracts.history.url import DatabaseURLError, asyncpg_url
 
 
@@ -42,6 +43,8 @@ def reader_engine(
     by ``target_session_attrs``
     (``postgresql://app@db1:5432,db2:5432/chatstore?target_session_attrs=read-write``,
     or ``prefer-standby`` to read from a standby while there is one).
+    libpq's TLS parameters (``sslmode``, ``sslrootcert``, ``sslcert``,
+    ``sslkey``) mean what they mean to libpq.
     ``transaction_pooling=True`` for PgBouncer in transaction mode. Other
     keyword arguments (``pool_size``, ``connect_args``, ...) go to
     :func:`sqlalchemy.ext.asyncio.create_async_engine`.
@@ -55,6 +58,9 @@ def reader_engine(
     except DatabaseURLError as error:
         raise ValueError(f"the history repository's database URL {error}") from None
     connect_args = dict(options.pop("connect_args", {}))
+    parsed, tls = split_tls(parsed)  # asyncpg takes libpq's sslmode=... as ``ssl``
+    if tls is not None:
+        connect_args.setdefault("ssl", tls)
     if transaction_pooling:
         connect_args |= transaction_pooling_args()
     options.setdefault("pool_pre_ping", True)
