@@ -1,11 +1,12 @@
 # chatstore's image: `docker build -t chatstore .`, then `chatstore worker`
 # (the default) or `chatstore migrate`. See docs/DEPLOYMENT.md.
 #
-# Two stages: the first builds chatstore's wheel from the sources and installs
-# that wheel file, with its dependencies, into a virtual environment (every
-# dependency ships as a wheel, so no compiler is needed, but whatever a build
-# would need stays in this stage); the second is the slim Python runtime plus
-# that environment, run by an unprivileged user.
+# Two stages: the first downloads the dependencies as wheels, builds
+# chatstore's wheel from the sources and installs that wheel file, with its
+# dependencies, into a virtual environment (every dependency ships as a wheel,
+# so no compiler is needed, but whatever a build would need stays in this
+# stage); the second is the slim Python runtime plus that environment, run by
+# an unprivileged user.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -14,19 +15,27 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/chatstore
 WORKDIR /src
+# The dependencies first, from pyproject.toml alone: this layer stays cached
+# until they change, so a change to the sources rebuilds only the steps below.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && /opt/chatstore/bin/pip wheel --wheel-dir /dependencies --requirement /tmp/requirements.txt
 # What the wheel is made of, and nothing else (.dockerignore keeps out the rest):
 # alembic/ is the migrations, which the wheel carries as worker/migrations.
-COPY pyproject.toml README.md ./
+COPY README.md ./
 COPY alembic ./alembic
 COPY contracts ./contracts
 COPY worker ./worker
 # The wheel, not the source tree, is installed: the image runs exactly what
 # tests/test_wheel.py installs and migrates with, and a file the wheel leaves
 # out is missing here too. The venv's own pip builds it (in an isolated
-# environment, so the build backend never enters /opt/chatstore), and is then
-# removed with setuptools: the runtime installs nothing.
+# environment, so the build backend never enters /opt/chatstore), installs it
+# with the dependencies its metadata names, found among the wheels downloaded
+# above and nowhere else, and is then removed with setuptools: the runtime
+# installs nothing.
 RUN /opt/chatstore/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/chatstore/bin/pip install --no-compile /wheels/chatstore-*.whl \
+    && /opt/chatstore/bin/pip install --no-compile --no-index --find-links /dependencies \
+        /wheels/chatstore-*.whl \
     && /opt/chatstore/bin/pip uninstall --yes pip setuptools \
     && /opt/chatstore/bin/python -m compileall -q /opt/chatstore
 
