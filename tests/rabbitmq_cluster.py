@@ -414,7 +414,10 @@ class RabbitCluster:
     async def kill(self, i: int) -> None:
         """SIGKILL node ``i``'s Erlang VM by its own pid; returns once the others see it down."""
         node = self.node(i)
-        pid = await self.os_pid(i)
+        # The pid the node gave at boot, if /proc still shows it as this node's VM
+        # (saves a CLI call, ~2 s); else ask the node again.
+        known = node.os_pid
+        pid = known if known and _alive(known, node.name) else await self.os_pid(i)
         os.kill(pid, signal.SIGKILL)
         await self._wait_exited(node)
         await self.wait_running([j for j in self.running() if j != i])
