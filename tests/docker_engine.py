@@ -167,14 +167,20 @@ def running_engine() -> Iterator[DockerEngine]:
 
 
 def _remove(run_directory: Path) -> None:
-    """The run's directory, once the mounts dockerd leaves in it are gone: it
-    bind-mounts the host's network namespace at exec/netns/default, and keeps
-    it after it exits. Never deletes through a mount that would not go."""
-    for mount in sorted(_mounts_under(run_directory), reverse=True):
-        subprocess.run(["umount", mount], capture_output=True, timeout=30, check=False)
+    """The run's directory, once the mounts dockerd left in it are gone. Never
+    deletes through a mount that would not go."""
+    _unmount(run_directory)
     if _mounts_under(run_directory):
         pytest.fail(f"mounts left under {run_directory}; the directory is kept", pytrace=False)
     shutil.rmtree(run_directory)
+
+
+def _unmount(directory: Path) -> None:
+    """What a stopped dockerd leaves mounted at or under ``directory``: it binds
+    the data root onto itself, and the host's network namespace at
+    exec/netns/default, and keeps both after it exits."""
+    for mount in sorted(_mounts_under(directory), reverse=True):
+        subprocess.run(["umount", mount], capture_output=True, timeout=30, check=False)
 
 
 @contextlib.contextmanager
@@ -208,6 +214,7 @@ def _started(
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
+    owned = False
     try:
         deadline = time.monotonic() + START_WITHIN_S
         while not engine.answers():
@@ -224,10 +231,13 @@ def _started(
                     pytrace=False,
                 )
             time.sleep(0.2)
+        owned = True  # the data root is this engine's, and so are its mounts
         _remove_leftover_containers(engine)
         yield engine
     finally:
         _stop(process)
+        if owned:
+            _unmount(data_root)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -336,7 +346,8 @@ def _import_bookworm(engine: DockerEngine) -> None:
 
 
 def _mounts_under(directory: Path) -> list[str]:
-    prefix = str(directory.resolve()) + "/"
+    """Mount points at ``directory`` or below it."""
+    top = str(directory.resolve())
     with open("/proc/self/mounts") as mounts:
         points = [line.split()[1] for line in mounts if line.strip()]
-    return [point for point in points if point.startswith(prefix)]
+    return [point for point in points if point == top or point.startswith(top + "/")]
