@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+import structlog.testing
 from sqlalchemy.engine import URL
 
 from tests.db import fetch_all
@@ -254,6 +255,34 @@ async def test_the_worker_consumes_again_after_the_broker_cancels_its_consumer(
         await publish(amqp_url, events(10))
         await wait_for(table_has(database_url, "messages", 20))
         assert not worker.done()
+
+
+@pytest.mark.usefixtures("prepared")
+async def test_a_cancel_from_the_broker_is_acted_on_at_once_not_at_the_watchdogs_next_look(
+    database_url: URL, amqp_url: str
+) -> None:
+    settings = worker_settings(database_url, amqp_url, watchdog_idle_s=600.0)
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings) as worker:
+            await publish(amqp_url, events(10))
+            await wait_for(table_has(database_url, "messages", 10))
+            async with await aio_pika.connect(amqp_url) as connection:
+                channel = await connection.channel()
+                await channel.queue_delete(topology.QUEUE)
+
+            async def queue_is_back() -> bool:
+                try:
+                    await queue_depth(amqp_url, topology.QUEUE)
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    return False
+                return True
+
+            # Far within the watchdog's 300 s between looks.
+            await wait_for(queue_is_back, within_s=20, what="the queue declared again")
+            await publish(amqp_url, events(10))
+            await wait_for(table_has(database_url, "messages", 20), within_s=20)
+            assert not worker.done()
+    assert any(line["event"] == "consumer.cancelled_by_broker" for line in logs)
 
 
 @pytest.mark.usefixtures("prepared")

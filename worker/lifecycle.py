@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.brokers import BrokerNode, BrokerNodes
 from worker import exits, topology
 from worker.database import create_engine
 from worker.faults import Fault, classify
@@ -121,6 +122,8 @@ class _Worker:
         self._metrics = metrics
         self._readiness = readiness
         self._backoff = Backoff(settings.retry_initial_ms / 1000, settings.retry_max_s)
+        self._nodes = BrokerNodes(settings.amqp_url)
+        self._node: BrokerNode | None = None  # the node of the current connection
 
     async def run(self, stop: asyncio.Event) -> int:
         session = asyncio.create_task(self._sessions(stop), name="worker-sessions")
@@ -170,10 +173,18 @@ class _Worker:
                 if _is_tls_failure(error):  # a certificate will not fix itself
                     log.error("broker.tls_refused", error=describe(error))
                     return exits.FAILURE
+                if self._readiness.broker:
+                    attempt = 0  # it was consuming: a fresh failure, not one in a row
                 self._readiness.broker = False
-                delay = self._backoff.delay(attempt)
+                # Each round over the nodes waits longer than the one before.
+                delay = self._backoff.delay(attempt // len(self._nodes))
                 attempt += 1
-                log.warning("broker.lost", error=describe(error), reconnect_in_s=round(delay, 2))
+                log.warning(
+                    "broker.lost",
+                    node=self._node.address if self._node else None,
+                    error=describe(error),
+                    reconnect_in_s=round(delay, 2),
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
         return exits.OK
@@ -201,13 +212,14 @@ class _Worker:
 
     async def _session(self, stop: asyncio.Event) -> None:
         settings = self._settings
+        self._node = node = self._nodes.next()
         try:
-            connection = await aio_pika.connect(settings.amqp_url, timeout=30)
+            connection = await aio_pika.connect(node.url, timeout=30)
         except aiormq.exceptions.InvalidFrameError as error:
             # No reconnect opens a vhost that is missing or closed to us, nor
             # makes a server that is no AMQP broker speak it.
-            raise vhost_refused(settings.amqp_url, error) or ServiceUnavailableError(
-                rabbitmq_at(settings.amqp_url), short(error)
+            raise vhost_refused(node.url, error) or ServiceUnavailableError(
+                rabbitmq_at(node.url), short(error)
             ) from error
         async with connection:
             channel = await connection.channel(publisher_confirms=False)
@@ -231,6 +243,7 @@ class _Worker:
             )
             log.info(
                 "worker.consuming",
+                node=node.address,
                 queue=topology.QUEUE,
                 prefetch=settings.prefetch_count,
                 batch_max_size=settings.batch_max_size,

@@ -55,11 +55,13 @@ class Consumer:
         # channel consumes: one at a time, each deciding on fresh state.
         self._consuming = asyncio.Lock()
         self._last_delivery = asyncio.get_running_loop().time()
+        self._resubscribe: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then settle or return everything held."""
         self._stop = stop
         self._channel.closing.add_done_callback(lambda _: self._wake.set())
+        self._channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         helpers = [
             asyncio.create_task(self._wake_on(stop), name="consumer-stop"),
             asyncio.create_task(self._watched(), name="consumer-watchdog"),
@@ -70,6 +72,7 @@ class Consumer:
             await self._loop(stop)
             await self._drain()
         finally:
+            self._channel.on_consumer_cancel_callbacks.discard(self._on_broker_cancel)
             for helper in helpers:
                 helper.cancel()
 
@@ -77,6 +80,29 @@ class Consumer:
         self._pending.add(message)
         self._last_delivery = asyncio.get_running_loop().time()
         self._wake.set()
+
+    def _on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """The broker dropped our consumer (a deleted queue, a node going away): consume
+        again at once rather than at the watchdog's next look.
+
+        It runs in aiormq's channel reader, which must go on reading to receive
+        the reply to a new ``basic.consume``: so the consume is a task of its own.
+        """
+        tag = frame.consumer_tag
+        if tag is not None and tag == self._consumer_tag:
+            self._resubscribe = asyncio.create_task(self._consume_after_cancel(tag))
+
+    async def _consume_after_cancel(self, tag: str) -> None:
+        try:
+            async with self._consuming:
+                if self._consumer_tag != tag:
+                    return  # cancelled or renewed meanwhile
+                self._consumer_tag = None
+                log.warning("consumer.cancelled_by_broker", consumer_tag=tag, queue=self._queue)
+                await self._start_consuming()
+        except Exception as error:  # handed to the loop, which raises it (e.g. queue gone)
+            self._failure = error
+            self._wake.set()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
