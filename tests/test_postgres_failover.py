@@ -348,12 +348,6 @@ async def test_a_read_only_answer_drops_the_pooled_connection(
 # --- a commit whose wait for the synchronous standby was cancelled ----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/ingest/store.py: a retried batch that finds all its messages stored "
-    "writes nothing, so its commit does not wait for the standby, and the worker acks "
-    "events that are only on the primary (see docs/DEPLOYMENT.md, PostgreSQL failover)",
-)
 async def test_an_event_committed_only_on_the_primary_is_not_acknowledged(
     pair: PostgresPair, amqp_url: str, tmp_path: Path
 ) -> None:

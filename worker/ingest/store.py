@@ -53,6 +53,12 @@ _INSERT_OR_LOCK_CONVERSATIONS = text("""
 """)
 
 _OWNERS = text("SELECT id, user_id FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))")
+# Locks without changing anything: a row lock is written to the WAL, a plain
+# read is not (nor is a transaction id alone).
+_LOCK_CONVERSATIONS = text("""
+    SELECT id FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))
+    ORDER BY id FOR NO KEY UPDATE
+""")
 
 # WITH ORDINALITY and the sort on it: of two rows with one id in a batch, the
 # earlier one is inserted and the later one compared with it.
@@ -164,6 +170,14 @@ async def _write(connection: AsyncConnection, events: Sequence[AnyEvent]) -> Wri
         if position not in result.rejections and position not in result.settled:
             first_user.setdefault(event.data.conversation_id, event.data.user_id)
     if not first_user:
+        if result.settled:
+            # Stored already, perhaps by an attempt whose commit reached only the
+            # primary (its wait for a synchronous standby was cancelled). Writing
+            # to the WAL makes this commit wait for the standby as well, so the
+            # batch is acknowledged only once the standby has it. Id order: the
+            # lock order of every batch.
+            ids = sorted({events[position].data.conversation_id for position in result.settled})
+            await connection.execute(_LOCK_CONVERSATIONS, {"ids": ids})
         return result
 
     conversation_ids = list(first_user)
