@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.harness import add_users, declare_topology, worker_settings
+from tests.rabbitmq_cluster import rabbit_cluster
 from tests.services import Services, discover
 from worker import migrate
 from worker.settings import Settings
@@ -29,6 +30,8 @@ SERVICE_FIXTURES = frozenset(
     }
 )
 _SERVICES = pytest.StashKey[Services]()
+# One three-node cluster for the session, for the modules that ask for it.
+__all__ = ["rabbit_cluster"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -18,7 +18,8 @@ ROOT = Path(__file__).parent.parent
 CONTRACTS = ROOT / "contracts"
 # What each part of the client library may import besides the standard library.
 ALLOWED_THIRD_PARTY = {
-    "": {"pydantic", "pydantic_core", "aio_pika", "aiormq"},  # contracts itself
+    # contracts itself; yarl is the URL parser of aiormq, read the same way by contracts.brokers
+    "": {"pydantic", "pydantic_core", "aio_pika", "aiormq", "yarl"},
     "models": {"sqlalchemy"},
     "history": {"sqlalchemy", "asyncpg"},
 }

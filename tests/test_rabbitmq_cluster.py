@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-from tests.rabbitmq_cluster import SIZE, RabbitCluster, rabbit_cluster
-
-__all__ = ["rabbit_cluster"]  # the fixture, imported for these tests
+from tests.rabbitmq_cluster import SIZE, RabbitCluster
 
 # The first test boots the cluster (about a minute here, more on a loaded runner).
 pytestmark = pytest.mark.timeout(600)
