@@ -176,8 +176,8 @@ async def _write(connection: AsyncConnection, events: Sequence[AnyEvent]) -> Wri
             # to the WAL makes this commit wait for the standby as well, so the
             # batch is acknowledged only once the standby has it. Id order: the
             # lock order of every batch.
-            ids = sorted({events[position].data.conversation_id for position in result.settled})
-            await connection.execute(_LOCK_CONVERSATIONS, {"ids": ids})
+            stored = sorted({events[position].data.conversation_id for position in result.settled})
+            await connection.execute(_LOCK_CONVERSATIONS, {"ids": stored})
         return result
 
     conversation_ids = list(first_user)
