@@ -221,6 +221,17 @@ class Publisher:
                 return connection
         raise AssertionError("unreachable: a cluster has at least one node")
 
+    async def _drop_connection(self) -> None:
+        """Close what is left of a failed connection, so that none leaks.
+
+        After the broker closes a connection, aio-pika may still call it open:
+        the next attempt connects anew rather than trusting it.
+        """
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=1)
+
     async def _publish_confirmed(self, exchange: AbstractExchange, event: AnyEvent) -> None:
         confirmation = await exchange.publish(_message(event), routing_key=event.type)
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
@@ -241,6 +252,7 @@ class Publisher:
                 self._buffer.extendleft(reversed(self._sending))
                 self._sending = []
                 self._exchange = None
+                await self._drop_connection()
                 self.stats.reconnects += 1
                 delay = min(self._reconnect_max_s, 0.05 * 2**attempt) * random.uniform(0.8, 1.2)
                 attempt += 1
