@@ -152,3 +152,12 @@ def test_the_publisher_refuses_a_bad_list_at_once() -> None:
 
     with pytest.raises(BrokerURLError, match="URL 2 differs"):
         Publisher("amqp://u:p@h1/v,amqp://u:p@h2/w")
+
+
+def test_a_sandbox_vhost_applies_to_every_node_of_a_list() -> None:
+    from worker.tools.sandbox import with_vhost
+
+    url, user = with_vhost("amqp://chat:pw@h1:5672/chat,amqp://chat:pw@h2:5673/chat", "bench x")
+
+    assert user == "chat"
+    assert [(n.host, n.vhost) for n in parse_nodes(url)] == [("h1", "bench x"), ("h2", "bench x")]

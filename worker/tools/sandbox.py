@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Final, Self
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import aio_pika
 import asyncpg
 from sqlalchemy.engine import URL
 
+from contracts.brokers import parse_nodes
 from worker import migrate, topology
 from worker.settings import ENV_PREFIX, Settings
-from worker.unavailable import using_postgres
+from worker.unavailable import connect_rabbitmq, using_postgres
 
 POLL_S: Final = 0.05
 """How often :func:`wait_for` looks again."""
@@ -65,10 +65,12 @@ async def rabbitmqctl(*args: str) -> None:
 
 
 def with_vhost(amqp_url: str, vhost: str) -> tuple[str, str]:
-    """The URL on ``vhost`` instead of its own, and the URL's user name."""
-    parts = urlsplit(amqp_url)
-    user = unquote(parts.username or "guest")
-    return urlunsplit(parts._replace(path="/" + quote(vhost, safe=""))), user
+    """The URL (every node's, for a cluster's list) on ``vhost`` instead of its own,
+    and the URL's user name."""
+    urls = [urlsplit(node.url) for node in parse_nodes(amqp_url)]
+    user = unquote(urls[0].username or "guest")
+    path = "/" + quote(vhost, safe="")
+    return ",".join(urlunsplit(parts._replace(path=path)) for parts in urls), user
 
 
 async def execute(dsn: str, sql: str, *args: object) -> None:
@@ -152,7 +154,7 @@ async def throwaway_vhost(
 
 async def declare_topology(amqp_url: str, delivery_limit: int = 20) -> None:
     """Declare what a worker declares, so events published before it starts wait."""
-    async with await aio_pika.connect(amqp_url) as connection:
+    async with await connect_rabbitmq(amqp_url) as connection:
         await topology.declare(await connection.channel(), delivery_limit=delivery_limit)
 
 
@@ -160,7 +162,7 @@ async def declare_topology(amqp_url: str, delivery_limit: int = 20) -> None:
 # worker has declared the queue): the callers wait on exactly that.
 async def queue_depth(amqp_url: str, queue: str = topology.QUEUE) -> int:
     """Messages ready in ``queue``, not counting those delivered and unacknowledged."""
-    async with await aio_pika.connect(amqp_url) as connection:
+    async with await connect_rabbitmq(amqp_url) as connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
         return int(declared.declaration_result.message_count or 0)
@@ -168,7 +170,7 @@ async def queue_depth(amqp_url: str, queue: str = topology.QUEUE) -> int:
 
 async def consumer_count(amqp_url: str, queue: str = topology.QUEUE) -> int:
     """How many consumers ``queue`` has: a started worker counts once it consumes."""
-    async with await aio_pika.connect(amqp_url) as connection:
+    async with await connect_rabbitmq(amqp_url) as connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
         return int(declared.declaration_result.consumer_count or 0)
