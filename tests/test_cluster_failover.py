@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,14 @@ class Stream:
     invalid: dict[str, MessageCreated] = field(default_factory=dict)
     duplicates: int = 0
     published: int = 0
+    phase: str = "before any failure"
+    phase_of: dict[str, str] = field(default_factory=dict)  # message id -> when published
+    published_in: Counter[str] = field(default_factory=Counter)
 
     def next_event(self) -> MessageCreated:
         """Every 10th event repeats an earlier valid one; every 25th comes from a stranger."""
         self.published += 1
+        self.published_in[self.phase] += 1
         if self.published % 10 == 0 and self.valid:
             self.duplicates += 1
             return next(reversed(self.valid.values()))
@@ -69,6 +74,7 @@ class Stream:
             content=f"event {self.published}",
         )
         (self.invalid if stranger else self.valid)[str(event.data.message_id)] = event
+        self.phase_of[str(event.data.message_id)] = self.phase
         return event
 
 
@@ -149,6 +155,7 @@ async def test_nodes_failing_one_after_another_lose_and_duplicate_nothing(
             await asyncio.sleep(2)
 
             async def fail(what: str, node: int, how: str) -> None:
+                stream.phase = what
                 started = time.monotonic()
                 await (cluster.kill(node) if how == "kill" else cluster.stop(node))
                 await watch.wait_growing(within_s=RECOVERY_LIMIT_S)
@@ -166,6 +173,7 @@ async def test_nodes_failing_one_after_another_lose_and_duplicate_nothing(
 
             publishers_node = await cluster.node_of_connection(vhost, name="chatstore-publisher")
             # A burst right before the stop, so the buffer holds events when it goes.
+            stream.phase = "stop of the publisher's node"
             for _ in range(2000):
                 publisher.publish_nowait(stream.next_event())
             assert publisher.stats.buffered - publisher.stats.sent > 0
@@ -202,13 +210,24 @@ async def test_nodes_failing_one_after_another_lose_and_duplicate_nothing(
     lost = valid_ids - set(stored)
     duplicated = len(stored) - len(set(stored))
     print(
-        f"\npublished {stream.published} events ({len(valid_ids)} valid, "
-        f"{stream.duplicates} duplicates, {len(stream.invalid)} invalid); "
-        f"stored {len(stored)}, lost {len(lost)}, duplicated {duplicated}, "
-        f"dead-lettered {len(letters)}"
+        f"\n| published during | events published | valid | stored | lost | duplicated "
+        f"| dead-lettered | longest pause in storing |\n|{' --- |' * 8}"
     )
-    for what, seconds in recoveries.items():
-        print(f"longest pause in storing after the {what}: {seconds:.2f} s")
+    for phase in stream.published_in:
+        valid = {i for i in valid_ids if stream.phase_of[i] == phase}
+        invalid = {i for i in stream.invalid if stream.phase_of[i] == phase}
+        pause = f"{recoveries[phase]:.2f} s" if phase in recoveries else "-"
+        print(
+            f"| {phase} | {stream.published_in[phase]} | {len(valid)} "
+            f"| {len(valid & set(stored))} | {len(valid - set(stored))} "
+            f"| {sum(1 for i in stored if i in valid) - len(valid & set(stored))} "
+            f"| {len(invalid & dead)} of {len(invalid)} | {pause} |"
+        )
+    print(
+        f"| all | {stream.published} ({stream.duplicates} duplicates) | {len(valid_ids)} "
+        f"| {len(stored)} | {len(lost)} | {duplicated} | {len(dead)} of {len(stream.invalid)} "
+        f"({len(letters)} letters) | |"
+    )
     assert not lost
     assert duplicated == 0
     assert set(stored) == valid_ids

@@ -1,6 +1,5 @@
 """The three-node cluster fixture does what failover tests rely on: three running
-nodes, quorum queues replicated on all three, a new leader after the leader
-is killed with no confirmed message lost, and the killed node back as a member."""
+nodes, quorum queues replicated on all three, and the node of a connection found."""
 
 from __future__ import annotations
 
@@ -83,54 +82,5 @@ async def test_the_node_of_a_connection_is_found(rabbit_cluster: RabbitCluster, 
             assert await rabbit_cluster.node_of_connection(vhost, name=name, via=1 + i % 3) == i
 
 
-async def test_killing_the_leader_elects_another_and_keeps_confirmed_messages(
-    rabbit_cluster: RabbitCluster, vhost: str
-) -> None:
-    await declare_quorum_queue(rabbit_cluster.amqp_url(1, vhost))
-    leader = await rabbit_cluster.wait_quorum(vhost, QUEUE)
-    await publish_confirmed(rabbit_cluster.amqp_url(1, vhost), 200)
-    os_pid = await rabbit_cluster.os_pid(leader)
-
-    await rabbit_cluster.kill(leader)
-
-    assert leader not in rabbit_cluster.running()
-    assert not _process_exists(os_pid)
-    survivor = next(i for i in (1, 2, 3) if i != leader)
-    new_leader = await rabbit_cluster.wait_new_leader(vhost, QUEUE, leader, via=survivor)
-    assert new_leader != leader
-    assert await ready_messages(rabbit_cluster.amqp_url(survivor, vhost)) == 200
-
-    await rabbit_cluster.start(leader)
-
-    assert rabbit_cluster.running() == [1, 2, 3]
-    await rabbit_cluster.wait_quorum(vhost, QUEUE)
-    assert await rabbit_cluster.members_of(vhost, QUEUE, via=leader) == [1, 2, 3]
-    # The restarted node serves the queue with its messages.
-    assert await ready_messages(rabbit_cluster.amqp_url(leader, vhost)) == 200
-
-
-async def test_a_stopped_node_rejoins_as_the_same_member(
-    rabbit_cluster: RabbitCluster, vhost: str
-) -> None:
-    await declare_quorum_queue(rabbit_cluster.amqp_url(1, vhost))
-    await rabbit_cluster.wait_quorum(vhost, QUEUE)
-
-    await rabbit_cluster.stop(3)
-
-    assert await rabbit_cluster.running_nodes(via=1) == [1, 2]
-    states = await rabbit_cluster.raft_states(vhost, QUEUE, via=1)
-    assert states[3] not in {"leader", "follower"}, states
-    await publish_confirmed(rabbit_cluster.amqp_url(2, vhost), 10)  # 2 of 3: still a quorum
-
-    await rabbit_cluster.start(3)
-
-    await rabbit_cluster.wait_quorum(vhost, QUEUE)
-    assert await ready_messages(rabbit_cluster.amqp_url(3, vhost)) == 10
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except OSError:
-        return False
+# Killing, stopping and restarting nodes is exercised by tests/test_cluster_failover.py,
+# with the worker and the Publisher on the cluster.
