@@ -55,10 +55,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def worker_settings(database_url: URL, amqp_url: str, **overrides: Any) -> Settings:
-    """Settings for a worker on a test's own database and vhost."""
+def worker_settings(database_url: URL | str, amqp_url: str, **overrides: Any) -> Settings:
+    """Settings for a worker on a test's own database and vhost (a URL as text may
+    list several hosts, which a SQLAlchemy URL object cannot hold)."""
+    if isinstance(database_url, URL):
+        database_url = database_url.render_as_string(hide_password=False)
     values: dict[str, Any] = {
-        "database_url": database_url.render_as_string(hide_password=False),
+        "database_url": database_url,
         "amqp_url": amqp_url,
         "http_port": 0,
         "retry_initial_ms": 50,

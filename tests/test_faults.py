@@ -8,7 +8,7 @@ import signal
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
@@ -229,6 +229,17 @@ async def test_a_schema_that_was_never_migrated_stops_the_worker_at_start(
     assert exit_code == 1
 
 
+def _queue_exists(amqp_url: str) -> Callable[[], Awaitable[bool]]:
+    async def declared() -> bool:
+        try:
+            await queue_depth(amqp_url, topology.QUEUE)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
+
+    return declared
+
+
 @pytest.mark.usefixtures("prepared")
 async def test_the_worker_consumes_again_after_the_broker_cancels_its_consumer(
     database_url: URL, amqp_url: str
@@ -244,14 +255,7 @@ async def test_the_worker_consumes_again_after_the_broker_cancels_its_consumer(
             await channel.queue_delete(topology.QUEUE)
 
         # The worker redeclares the topology when it comes back.
-        async def queue_is_back() -> bool:
-            try:
-                await queue_depth(amqp_url, topology.QUEUE)
-            except aio_pika.exceptions.ChannelNotFoundEntity:
-                return False
-            return True
-
-        await wait_for(queue_is_back, what="the queue declared again")
+        await wait_for(_queue_exists(amqp_url), what="the queue declared again")
         await publish(amqp_url, events(10))
         await wait_for(table_has(database_url, "messages", 20))
         assert not worker.done()
@@ -270,15 +274,8 @@ async def test_a_cancel_from_the_broker_is_acted_on_at_once_not_at_the_watchdogs
                 channel = await connection.channel()
                 await channel.queue_delete(topology.QUEUE)
 
-            async def queue_is_back() -> bool:
-                try:
-                    await queue_depth(amqp_url, topology.QUEUE)
-                except aio_pika.exceptions.ChannelNotFoundEntity:
-                    return False
-                return True
-
             # Far within the watchdog's 300 s between looks.
-            await wait_for(queue_is_back, within_s=20, what="the queue declared again")
+            await wait_for(_queue_exists(amqp_url), within_s=20, what="the queue declared again")
             await publish(amqp_url, events(10))
             await wait_for(table_has(database_url, "messages", 20), within_s=20)
             assert not worker.done()

@@ -35,6 +35,7 @@ from tests.harness import (
     publish,
     queue_depth,
     wait_for,
+    worker_settings,
 )
 from tests.postgres_pair import PostgresPair, Server, postgres_pair
 from worker import topology
@@ -51,20 +52,6 @@ CONVERSATIONS = [uuid.uuid4() for _ in range(20)]
 def pair() -> Iterator[PostgresPair]:
     with postgres_pair() as started:
         yield started
-
-
-def settings_for(database_url: str, amqp_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "amqp_url": amqp_url,
-        "http_port": 0,
-        "retry_initial_ms": 50,
-        "retry_max_s": 0.5,
-        "watchdog_idle_s": 5.0,
-        "drain_timeout_s": 10.0,
-        "database_timeout_s": 10.0,
-    }
-    return Settings(**(values | overrides))
 
 
 def chatstore(command: str, settings: Settings) -> subprocess.CompletedProcess[str]:
@@ -158,7 +145,7 @@ async def until(check: Any, within_s: float, what: str, worker: WorkerProcess) -
 async def test_a_failover_to_the_synchronous_standby_keeps_every_acknowledged_event(
     pair: PostgresPair, amqp_url: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(pair.url(DATABASE), amqp_url)
+    settings = worker_settings(pair.url(DATABASE), amqp_url, database_timeout_s=10.0)
     migrated = chatstore("migrate", settings)
     assert migrated.returncode == 0, migrated.stderr
     created = await pair.primary.fetch("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
@@ -278,7 +265,7 @@ async def test_a_server_that_answers_read_only_for_a_while_is_waited_out(
     url = database_url.set(drivername="postgresql")
     if target_session_attrs:
         url = url.update_query_dict({"target_session_attrs": target_session_attrs})
-    settings = settings_for(url.render_as_string(hide_password=False), amqp_url)
+    settings = worker_settings(url, amqp_url, database_timeout_s=10.0)
     await add_users(database_url, USER)
     await declare_topology(amqp_url)
 
@@ -323,8 +310,8 @@ async def test_a_read_only_answer_drops_the_pooled_connection(
     database_url: URL, amqp_url: str
 ) -> None:
     """Without dropping it, the pool would hand the same read-only session back forever."""
-    settings = settings_for(
-        database_url.set(drivername="postgresql").render_as_string(hide_password=False), amqp_url
+    settings = worker_settings(
+        database_url.set(drivername="postgresql"), amqp_url, database_timeout_s=10.0
     )
     engine = create_engine(settings)
     try:
@@ -355,7 +342,7 @@ async def test_an_event_committed_only_on_the_primary_is_not_acknowledged(
     timeout cancels the wait, and PostgreSQL keeps the commit on the primary alone
     ("canceling wait for synchronous replication"). The retry must not acknowledge
     the events until the standby has them: a failover to it would lose them."""
-    settings = settings_for(pair.url(DATABASE), amqp_url, database_timeout_s=2.0)
+    settings = worker_settings(pair.url(DATABASE), amqp_url, database_timeout_s=2.0)
     migrated = chatstore("migrate", settings)
     assert migrated.returncode == 0, migrated.stderr
     await pair.primary.fetch("INSERT INTO users (id) VALUES ($1)", USER, database=DATABASE)
