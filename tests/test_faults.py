@@ -241,30 +241,11 @@ def _queue_exists(amqp_url: str) -> Callable[[], Awaitable[bool]]:
 
 
 @pytest.mark.usefixtures("prepared")
-async def test_the_worker_consumes_again_after_the_broker_cancels_its_consumer(
-    database_url: URL, amqp_url: str
-) -> None:
-    settings = worker_settings(database_url, amqp_url, watchdog_idle_s=1.0)
-    async with running_worker(settings) as worker:
-        await publish(amqp_url, events(10))
-        await wait_for(table_has(database_url, "messages", 10))
-        # Deleting the queue cancels every consumer on it, silently for the
-        # consuming code: only the watchdog notices.
-        async with await aio_pika.connect(amqp_url) as connection:
-            channel = await connection.channel()
-            await channel.queue_delete(topology.QUEUE)
-
-        # The worker redeclares the topology when it comes back.
-        await wait_for(_queue_exists(amqp_url), what="the queue declared again")
-        await publish(amqp_url, events(10))
-        await wait_for(table_has(database_url, "messages", 20))
-        assert not worker.done()
-
-
-@pytest.mark.usefixtures("prepared")
 async def test_a_cancel_from_the_broker_is_acted_on_at_once_not_at_the_watchdogs_next_look(
     database_url: URL, amqp_url: str
 ) -> None:
+    # Deleting the queue cancels every consumer on it: the broker sends
+    # basic.cancel, and the worker consumes again (declaring the queue anew).
     settings = worker_settings(database_url, amqp_url, watchdog_idle_s=600.0)
     with structlog.testing.capture_logs() as logs:
         async with running_worker(settings) as worker:
