@@ -319,6 +319,32 @@ def test_a_bad_host_list_is_one_line_naming_the_variable_not_the_password(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "postgresql://app:hunter?2secret@db/x",
+        "postgresql://app:hunter#2secret@db/x",
+        "postgresql://app:hunter?2secret@db1:5432,db2/x",
+        "postgresql://app:hunter#2secret@db1,db2:5433/x",
+    ],
+)
+def test_a_password_holding_a_question_mark_or_hash_is_read_as_a_password(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # SQLAlchemy reads the password up to the "@"; a URL parser that ends the
+    # host part at "?" would take the rest for parameters and quote it.
+    monkeypatch.setenv("CHATSTORE_DATABASE_URL", value)
+    settings = load_settings()
+    assert settings.sqlalchemy_url.password == value.split(":", 2)[2].split("@")[0]
+    monkeypatch.setenv("CHATSTORE_DATABASE_URL", value + "?bogus=1")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert str(raised.value).startswith(
+        "CHATSTORE_DATABASE_URL: parameter 'bogus' is not supported (only "
+    )
+    assert "2secret" not in str(raised.value)
+
+
 def test_an_error_line_names_every_host_and_no_password() -> None:
     url = Settings(database_url="postgresql://a:hunter2@db1:5432,db2:5433/x").sqlalchemy_url
     assert postgres_at(url) == "PostgreSQL at db1:5432,db2:5433/x"

@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
 from contracts.brokers import BrokerURLError, parse_nodes
-from contracts.history.url import DatabaseURLError, asyncpg_url
+from contracts.history.url import DatabaseURLError, asyncpg_url, written_parameters
 from worker.redact import redact_url, url_password
 
 ENV_PREFIX: Final = "CHATSTORE_"
@@ -57,7 +57,7 @@ def _postgres_url(value: str) -> str:
     if not url.database:
         raise ValueError("names no database (postgresql://user@host:5432/dbname)")
     # The parameters as written: host= and port= are the converted list's own.
-    written = {name for name, _ in parse_qsl(urlsplit(value).query, keep_blank_values=True)}
+    written = written_parameters(value)
     unknown = sorted(written - set(_POSTGRES_PARAMETERS))
     if unknown:  # a parameter's name is safe to show; its value may not be
         raise ValueError(

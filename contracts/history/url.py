@@ -114,6 +114,15 @@ def asyncpg_url(url: str | URL) -> URL:
     return parsed.set(drivername=ASYNCPG)
 
 
+def written_parameters(url: str) -> set[str]:
+    """The names of the query parameters as ``url`` writes them (not the ``host``
+    parameters its list of hosts becomes), read as SQLAlchemy reads the URL: a
+    password holding "?" or "#" stays a password."""
+    parts = _PARTS.fullmatch(url)
+    text = parts["head"] + parts["tail"] if parts is not None and "," in parts["hosts"] else url
+    return set(_parse(text).query)
+
+
 def _parse(text: str) -> URL:
     try:
         return make_url(text)
