@@ -53,7 +53,15 @@ def connect_args(settings: Settings) -> dict[str, Any]:
         "ssl": ssl_argument(settings),
     }
     if settings.database_pool_mode == "transaction":
+        # PgBouncer refuses startup parameters it does not know: there, the
+        # role's own setting (deploy/postgres/roles.sql) keeps statement_timeout off.
         args |= transaction_pooling_args()
+    else:
+        # A server-side timeout that cancels a COMMIT's wait for a synchronous
+        # standby leaves the commit on the primary alone and reports success,
+        # so the batch would be acknowledged unreplicated. command_timeout times
+        # statements from here instead; its cancel is an error, and retried.
+        args["server_settings"] = {"statement_timeout": "0"}
     return args
 
 

@@ -23,6 +23,13 @@ ALTER ROLE :"migrator" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICAT
     NOBYPASSRLS PASSWORD :'migrator_password';
 ALTER ROLE :"worker" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
     NOBYPASSRLS PASSWORD :'worker_password';
+-- A server-side statement timeout that fires while a COMMIT waits for a
+-- synchronous standby leaves the commit on the primary alone and reports
+-- success: the worker would acknowledge events a failover can lose. The worker
+-- times its statements itself (CHATSTORE_DATABASE_TIMEOUT_S), and retries.
+-- This role setting wins over a database's or the server's (a managed
+-- service's parameter group) and holds behind PgBouncer too.
+ALTER ROLE :"worker" SET statement_timeout = 0;
 
 -- A database of its own where there is none; an existing one (say, the one
 -- holding the accounts application's `users` table) is used as it is.
