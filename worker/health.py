@@ -15,10 +15,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from worker.unavailable import http_port_unusable
+
+log = structlog.get_logger("chatstore.http")
 
 
 class ReadinessProbe(Protocol):
@@ -119,7 +122,11 @@ class HealthServer:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
             parts = request_line.decode("latin-1").split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
-            status, content_type, body = self._respond(path)
+            try:
+                status, content_type, body = self._respond(path)
+            except Exception as error:  # e.g. a metrics file caught mid-write: answer anyway
+                log.error("http.failed", path=path, error=f"{type(error).__name__}: {error}")
+                status, content_type, body = "500 Internal Server Error", "text/plain", b"error\n"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")

@@ -124,6 +124,7 @@ class _Worker:
         self._backoff = Backoff(settings.retry_initial_ms / 1000, settings.retry_max_s)
         self._nodes = BrokerNodes(settings.amqp_url)
         self._node: BrokerNode | None = None  # the node of the current connection
+        self._refusals = 0  # nodes in a row that refused the vhost
 
     async def run(self, stop: asyncio.Event) -> int:
         session = asyncio.create_task(self._sessions(stop), name="worker-sessions")
@@ -216,11 +217,16 @@ class _Worker:
         try:
             connection = await aio_pika.connect(node.url, timeout=30)
         except aiormq.exceptions.InvalidFrameError as error:
+            refused = vhost_refused(node.url, error)
+            if refused is not None and self._refusals + 1 < len(self._nodes):
+                # One node may refuse for a while (a vhost still starting on a
+                # node that restarts): only every node refusing is configuration.
+                self._refusals += 1
+                raise BrokerLostError(f"{node.address} refused the vhost") from error
             # No reconnect opens a vhost that is missing or closed to us, nor
             # makes a server that is no AMQP broker speak it.
-            raise vhost_refused(node.url, error) or ServiceUnavailableError(
-                rabbitmq_at(node.url), short(error)
-            ) from error
+            raise refused or ServiceUnavailableError(rabbitmq_at(node.url), short(error)) from error
+        self._refusals = 0
         async with connection:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=settings.prefetch_count)

@@ -144,6 +144,7 @@ async def connect_rabbitmq(amqp_url: str, *, timeout_s: float = 30) -> AbstractC
     """
     nodes = BrokerNodes(amqp_url)
     failures: list[tuple[str, BaseException]] = []
+    refusals: list[str] = []  # nodes that refused the vhost
     for _ in range(len(nodes)):
         node = nodes.next()
         try:
@@ -156,8 +157,10 @@ async def connect_rabbitmq(amqp_url: str, *, timeout_s: float = 30) -> AbstractC
             ) from error
         except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as error:
             refused = vhost_refused(node.url, error)
+            if refused is not None and len(refusals) + 1 == len(nodes):
+                raise refused from error  # every node refused: configuration
             if refused is not None:
-                raise refused from error
+                refusals.append(node.address)
             failures.append((node.address, error))
     if len(failures) == 1:
         raise ServiceUnavailableError(rabbitmq_at(amqp_url), short(failures[0][1]))

@@ -55,7 +55,7 @@ class Consumer:
         # channel consumes: one at a time, each deciding on fresh state.
         self._consuming = asyncio.Lock()
         self._last_delivery = asyncio.get_running_loop().time()
-        self._resubscribe: asyncio.Task[None] | None = None
+        self._resubscribing: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then settle or return everything held."""
@@ -73,7 +73,7 @@ class Consumer:
             await self._drain()
         finally:
             self._channel.on_consumer_cancel_callbacks.discard(self._on_broker_cancel)
-            for helper in helpers:
+            for helper in [*helpers, *self._resubscribing]:
                 helper.cancel()
 
     async def _on_delivery(self, message: Delivery) -> None:
@@ -88,9 +88,13 @@ class Consumer:
         It runs in aiormq's channel reader, which must go on reading to receive
         the reply to a new ``basic.consume``: so the consume is a task of its own.
         """
-        tag = frame.consumer_tag
-        if tag is not None and tag == self._consumer_tag:
-            self._resubscribe = asyncio.create_task(self._consume_after_cancel(tag))
+        # Not compared with our tag here: a cancel can come right behind the
+        # ConsumeOk, before basic_consume has returned the tag to us. The task
+        # compares under the lock, after _start_consuming has recorded it.
+        if frame.consumer_tag is not None:
+            task = asyncio.create_task(self._consume_after_cancel(frame.consumer_tag))
+            self._resubscribing.add(task)
+            task.add_done_callback(self._resubscribing.discard)
 
     async def _consume_after_cancel(self, tag: str) -> None:
         try:

@@ -45,6 +45,7 @@ from worker.ingest.backoff import Backoff
 from worker.settings import Settings
 from worker.supervise import child
 from worker.supervise.children import ChildrenView
+from worker.unavailable import ServiceUnavailableError, short
 
 log = structlog.get_logger("chatstore.supervisor")
 
@@ -61,7 +62,16 @@ CHILD_COMMAND: Final = (sys.executable, "-m", "worker", "worker")
 
 async def supervise(settings: Settings, processes: int) -> int:
     """Run ``processes`` workers until SIGTERM or SIGINT; returns the exit code."""
-    with tempfile.TemporaryDirectory(prefix="chatstore-metrics-") as directory:
+    try:
+        metrics_dir = tempfile.TemporaryDirectory(prefix="chatstore-metrics-")
+    except OSError as error:  # a read-only root without a writable /tmp, say
+        raise ServiceUnavailableError(
+            "the supervisor's metrics directory",
+            f"cannot create it ({short(error)}); set TMPDIR to a "
+            "writable directory, or mount one at /tmp",
+            exit_code=exits.USAGE,
+        ) from error
+    with metrics_dir as directory:
         return await Supervisor(settings, processes, Path(directory)).run()
 
 
@@ -239,5 +249,8 @@ def _terminate(process: asyncio.subprocess.Process) -> None:
 def _how(code: int) -> dict[str, object]:
     """How a child ended, for a log line: its exit code, or the signal that killed it."""
     if code < 0:
-        return {"signal": signal.Signals(-code).name}
+        try:
+            return {"signal": signal.Signals(-code).name}
+        except ValueError:  # a real-time signal has no name in the enum
+            return {"signal": f"signal {-code}"}
     return {"exit_code": code}
