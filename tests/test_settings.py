@@ -118,12 +118,7 @@ def test_tls_and_pooling_defaults_change_nothing_for_a_direct_connection() -> No
     assert settings.database_pool_mode == "session"
     assert settings.database_sslmode == "prefer"  # libpq's default
     arguments = connect_args(settings)
-    assert arguments == {
-        "command_timeout": 30.0,
-        "ssl": "prefer",
-        # Not a TLS or pooling setting: see test_postgres_failover.py.
-        "server_settings": {"statement_timeout": "0"},
-    }
+    assert arguments == {"command_timeout": 30.0, "ssl": "prefer"}
 
 
 def test_transaction_pooling_turns_statement_caches_off_and_names_no_statement(
