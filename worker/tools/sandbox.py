@@ -272,9 +272,13 @@ class WorkerProcess:
         """Until the latest start logs that it consumes (its signal handlers are set)."""
 
         async def consuming() -> bool:
-            return "worker.consuming" in self._logs[-1].read_text(errors="replace")
+            return "worker.consuming" in self.latest_log()
 
         await wait_for(consuming, within_s=within_s, what="the worker consuming", processes=[self])
+
+    def latest_log(self) -> str:
+        """What the latest start of this worker logged so far."""
+        return self._logs[-1].read_text(errors="replace")
 
     def log(self) -> str:
         """Everything every start of this worker logged, in order."""
