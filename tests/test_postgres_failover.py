@@ -372,25 +372,3 @@ async def test_an_event_committed_only_on_the_primary_is_not_acknowledged(
             return await stored_count(pair.standby) == len(events)
 
         await until(all_on_the_new_primary, 20, "every event on the new primary", second)
-
-
-async def test_the_workers_sessions_keep_no_server_side_statement_timeout(
-    database_url: URL, amqp_url: str
-) -> None:
-    """A statement_timeout set on the database (a managed service's parameter group)
-    would cancel a COMMIT's wait for the synchronous standby and report success;
-    the worker's own sessions turn it off and time statements from the client."""
-    await fetch_all(
-        database_url, f'ALTER DATABASE "{database_url.database}" SET statement_timeout = 1'
-    )
-    engine = create_engine(worker_settings(database_url, amqp_url))
-    try:
-        async with engine.connect() as connection:
-            shown = (await connection.execute(text("SHOW statement_timeout"))).scalar_one()
-            slept = await connection.execute(text("SELECT pg_sleep(0.05)"))  # over 1 ms
-    finally:
-        await engine.dispose()
-    assert shown == "0"
-    assert slept.rowcount == 1
-    others = await fetch_all(database_url, "SHOW statement_timeout")
-    assert others[0]["statement_timeout"] == "1ms"  # other sessions keep the database's

@@ -46,6 +46,7 @@ KILL_EVERY_S = float(os.environ.get("CHATSTORE_SOAK_KILL_EVERY_S", "1.0"))
 PUBLISH_CHUNKS = 20  # published with pauses, so that kills land mid-stream
 PUBLISH_PAUSE_S = 0.25
 WORKERS = 3
+SOAK_DELIVERY_LIMIT = 1000
 USERS = [f"user-{n}" for n in range(10)]
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -149,8 +150,14 @@ async def test_three_workers_sigkilled_repeatedly_store_exactly_what_was_publish
 ) -> None:
     ledger = build_ledger(EVENTS, random.Random(20261122))
     await add_users(database_url, *USERS)
-    await declare_topology(amqp_url)
-    settings = worker_settings(database_url, amqp_url, drain_timeout_s=15.0)
+    # Each SIGKILL hands the victim's unacknowledged deliveries back, and every
+    # redelivery counts towards the queue's delivery limit: with kills a second
+    # on a slow machine, the default of 20 dead-letters valid events as
+    # delivery_limit. The limit guards against poison; here it must not bite.
+    await declare_topology(amqp_url, delivery_limit=SOAK_DELIVERY_LIMIT)
+    settings = worker_settings(
+        database_url, amqp_url, drain_timeout_s=15.0, delivery_limit=SOAK_DELIVERY_LIMIT
+    )
     workers = [
         WorkerProcess(settings, tmp_path / f"worker-{n}.log").start() for n in range(WORKERS)
     ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts.history import transaction_pooling_args
@@ -78,21 +77,4 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=0,
         connect_args=connect_args(settings),
     )
-    if settings.database_pool_mode == "session":
-        # Behind transaction pooling a SET would outlive the transaction and
-        # reach other clients: there, the role's own setting holds
-        # (deploy/postgres/roles.sql).
-        event.listen(engine.sync_engine, "connect", _no_statement_timeout)
     return drop_connections_on_failover(engine)
-
-
-def _no_statement_timeout(dbapi_connection: Any, _record: object) -> None:
-    """Turn a server-side statement_timeout off for this session.
-
-    One that cancels a COMMIT's wait for a synchronous standby leaves the
-    commit on the primary alone and reports success, so the batch would be
-    acknowledged unreplicated. ``command_timeout`` times statements from here
-    instead: its cancel is an error, and the batch is retried. A SET, not a
-    startup setting: PgBouncer refuses startup parameters it does not know.
-    """
-    dbapi_connection.run_async(lambda connection: connection.execute("SET statement_timeout = 0"))
