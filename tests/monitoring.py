@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import yaml
@@ -30,6 +30,8 @@ _SUFFIXES: Final = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
 }
 _CHATSTORE_NAME: Final = re.compile(r"\bchatstore_[a-z_]+\b")
+# What Grafana puts in place of the dashboard's variables, for promtool and Prometheus.
+SUBSTITUTES: Final = {"$__rate_interval": "5m", "$job": ".*", "$vhost": ".*"}
 
 
 def tool(name: str) -> str:
@@ -63,6 +65,23 @@ def exported_metric_names() -> set[str]:
         view = ChildrenView(Path(directory), 1, lambda: [], Counter())
         families += list(view.collect())
     return {family.name + suffix for family in families for suffix in _SUFFIXES[family.type]}
+
+
+def dashboard_queries(model: dict[str, Any]) -> dict[str, str]:
+    """Every panel query of a dashboard model, keyed by panel id and refId."""
+    return {
+        f"panel{panel['id']}_{target['refId']}": target["expr"]
+        for panel in model["panels"]
+        for target in panel.get("targets", [])
+    }
+
+
+def as_promql(expression: str) -> str:
+    """A dashboard query with its Grafana variables replaced, as Grafana would."""
+    for variable, value in SUBSTITUTES.items():
+        expression = expression.replace(variable, value)
+    assert "$" not in expression, f"a Grafana variable with no substitute: {expression}"
+    return expression
 
 
 def chatstore_metrics_in(expression: str) -> set[str]:

@@ -19,10 +19,14 @@ from typing import Any, Final
 import pytest
 
 from deploy.monitoring import dashboard, generate, rules
-from tests.monitoring import chatstore_metrics_in, check_expressions, exported_metric_names
+from tests.monitoring import (
+    as_promql,
+    chatstore_metrics_in,
+    check_expressions,
+    dashboard_queries,
+    exported_metric_names,
+)
 
-# What Grafana puts in place of its variables, for promtool.
-SUBSTITUTES: Final = {"$__rate_interval": "5m", "$job": ".*", "$vhost": ".*"}
 RABBITMQ_COLLECTOR: Final = (
     "/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins/rabbitmq_prometheus-*/ebin/"
     "prometheus_rabbitmq_core_metrics_collector.beam"
@@ -33,15 +37,6 @@ _RABBITMQ_NAME: Final = re.compile(r"rabbitmq_\(detailed_\)\?(queue_[a-z_]+)")
 def _model() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(generate.DASHBOARD.read_text(encoding="utf-8"))
     return loaded
-
-
-def _queries(model: dict[str, Any]) -> dict[str, str]:
-    """Every panel query, keyed by panel id and refId."""
-    return {
-        f"panel{panel['id']}_{target['refId']}": target["expr"]
-        for panel in model["panels"]
-        for target in panel.get("targets", [])
-    }
 
 
 def _variable_selectors(model: dict[str, Any]) -> dict[str, str]:
@@ -55,13 +50,6 @@ def _variable_selectors(model: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def _as_promql(expression: str) -> str:
-    for variable, value in SUBSTITUTES.items():
-        expression = expression.replace(variable, value)
-    assert "$" not in expression, f"a Grafana variable with no substitute: {expression}"
-    return expression
-
-
 def test_the_checked_in_dashboard_is_what_the_generator_writes() -> None:
     assert generate.DASHBOARD.read_text(encoding="utf-8") == generate.dashboard_file(), (
         "deploy/monitoring/grafana-dashboard.json is stale: "
@@ -72,10 +60,10 @@ def test_the_checked_in_dashboard_is_what_the_generator_writes() -> None:
 
 def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     model = _model()
-    expressions = {**_queries(model), **_variable_selectors(model)}
-    assert len(_queries(model)) >= 20, "the dashboard lost its panels"
+    expressions = {**dashboard_queries(model), **_variable_selectors(model)}
+    assert len(dashboard_queries(model)) >= 20, "the dashboard lost its panels"
     checked = check_expressions(
-        {name: _as_promql(expr) for name, expr in expressions.items()}, tmp_path
+        {name: as_promql(expr) for name, expr in expressions.items()}, tmp_path
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(expressions)} rules found" in checked.stdout
@@ -88,12 +76,12 @@ def test_the_expression_check_fails_on_a_broken_query(tmp_path: Path) -> None:
 
 
 def test_every_chatstore_metric_it_names_is_one_the_worker_exports() -> None:
-    used = set().union(*map(chatstore_metrics_in, _queries(_model()).values()))
+    used = set().union(*map(chatstore_metrics_in, dashboard_queries(_model()).values()))
     assert used - exported_metric_names() == set()
 
 
 def test_every_metric_the_worker_exports_is_on_the_dashboard() -> None:
-    used = set().union(*map(chatstore_metrics_in, _queries(_model()).values()))
+    used = set().union(*map(chatstore_metrics_in, dashboard_queries(_model()).values()))
     families = {re.sub(r"_(bucket|sum|count|total)$", "", name) for name in used}
     exported = {
         re.sub(r"_(bucket|sum|count|total)$", "", name)
@@ -127,7 +115,7 @@ def test_every_rabbitmq_metric_it_and_the_rules_name_is_one_the_plugin_emits() -
         timeout=60,
     ).stdout
     assert '<<"rabbitmq_detailed_">>' in printed  # the /metrics/detailed prefix
-    expressions = [*_queries(_model()).values(), *(alert.expr for alert in rules.ALERTS)]
+    expressions = [*dashboard_queries(_model()).values(), *(alert.expr for alert in rules.ALERTS)]
     families = {family for expr in expressions for family in _RABBITMQ_NAME.findall(expr)}
     assert families == {
         "queue_messages_ready",

@@ -40,7 +40,7 @@ from tests.harness import (
     wait_for,
     worker_settings,
 )
-from tests.monitoring import tool
+from tests.monitoring import as_promql, dashboard_queries, tool
 from tests.postgres_pair import SERVER_USER, Server, _missing, _run
 from worker import migrate
 
@@ -208,6 +208,7 @@ async def test_the_not_ready_alert_fires_while_postgresql_is_stopped_and_resolve
                 database=DATABASE,
             )
             assert [row["content"] for row in rows] == ["stored after the outage"]
+            await _dashboard_queries_run(prometheus)
             await worker.stop(settings.drain_timeout_s + 10)
         finally:
             prometheus.stop()
@@ -217,6 +218,37 @@ async def test_the_not_ready_alert_fires_while_postgresql_is_stopped_and_resolve
         f"resolved {resolved_after_s:.1f} s after it was back; "
         f"test {time.monotonic() - started:.1f} s"
     )
+
+
+# Dashboard queries that have data from one plain worker after an outage; the
+# others are about supervisors (--processes N), dead letters, or RabbitMQ's plugin.
+WITH_DATA: Final = (
+    "Events by outcome",
+    "Batch size",
+    "Flush time",
+    "Batches per second",
+    "Publish-to-commit lag",
+    "Retries by SQLSTATE",
+    "Readiness",
+    "Workers ready",
+)
+
+
+async def _dashboard_queries_run(prometheus: Prometheus) -> None:
+    """Every dashboard query runs on this Prometheus; those about a worker have data."""
+    model = json.loads(generate.DASHBOARD.read_text(encoding="utf-8"))
+    titles = {panel["id"]: panel["title"] for panel in model["panels"]}
+
+    async def stored_scraped() -> bool:  # the commit's counter, in two scrapes (for rate)
+        inserted = 'chatstore_events_total{outcome="inserted"}'
+        return bool(await prometheus.query(f"count_over_time({inserted}[1m]) >= 2"))
+
+    await wait_for(stored_scraped, within_s=10, what="the stored event in a scrape")
+    empty = set()
+    for key, expr in dashboard_queries(model).items():
+        if not await prometheus.query(as_promql(expr)):  # an invalid query raises
+            empty.add(titles[int(key.removeprefix("panel").split("_")[0])])
+    assert empty.isdisjoint(WITH_DATA), f"no data: {sorted(empty & set(WITH_DATA))}"
 
 
 def _readyz(port: int) -> int:

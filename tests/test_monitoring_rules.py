@@ -7,6 +7,7 @@ say so (they never skip).
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,21 @@ def test_every_chatstore_metric_the_rules_use_is_one_the_worker_exports() -> Non
     used = set().union(*(chatstore_metrics_in(alert.expr) for alert in rules.ALERTS))
     assert used, "the rules use no chatstore metric"
     assert used - exported_metric_names() == set()
+
+
+@pytest.mark.parametrize("package", ["worker", "contracts"])
+def test_the_shipped_packages_never_import_deploy_monitoring(package: str) -> None:
+    # deploy/ is not in the wheel: an import of it would fail once installed.
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(name.split(".")[0] == "deploy" for name in names), path
 
 
 def test_the_rules_name_the_queues_of_the_topology() -> None:
