@@ -117,10 +117,15 @@ def test_every_runbook_url_leads_to_a_subsection_of_the_runbooks_section() -> No
     assert sorted(headings) == sorted(alert.name for alert in rules.ALERTS)
 
 
-def test_the_runbook_base_can_be_a_url_of_your_own() -> None:
-    (group,) = rules.groups(runbook_base="https://git.example/chatstore/OPERATIONS.md")
+def test_the_runbook_base_can_be_a_url_of_your_own_written_elsewhere(tmp_path: Path) -> None:
+    base = "https://git.example/chatstore/OPERATIONS.md"
+    assert generate.main(["--runbook-base", base, "--out", str(tmp_path)]) == 0
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == sorted(path.name for path in generate.outputs())
+    (group,) = _loaded(tmp_path / generate.RULES_FILE.name)["groups"]
     urls = {rule["annotations"]["runbook_url"] for rule in group["rules"]}
-    assert "https://git.example/chatstore/OPERATIONS.md#chatstoreworkernotready" in urls
+    assert f"{base}#chatstoreworkernotready" in urls
+    assert generate.main(["--check"]) == 0  # the checked-in files are untouched
 
 
 def test_an_override_of_an_alert_that_does_not_exist_is_refused() -> None:

@@ -5,7 +5,8 @@
 
 ``--runbook-base URL`` points the alerts' ``runbook_url`` at your copy of
 docs/OPERATIONS.md (for example its page on your Git host) instead of the
-repository-relative path; the checked-in files use the default.
+repository-relative path; the checked-in files use the default, so write
+such a variant elsewhere with ``--out DIR``.
 tests/test_monitoring_rules.py and tests/test_dashboard.py fail when a
 checked-in file differs from what this writes.
 """
@@ -91,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.monitoring.generate")
     parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     parser.add_argument("--runbook-base", default=rules.RUNBOOKS, metavar="URL")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write there instead")
     arguments = parser.parse_args(argv)
     stale = []
-    for path, text in outputs(arguments.runbook_base).items():
+    for checked_in, text in outputs(arguments.runbook_base).items():
+        path = arguments.out / checked_in.name if arguments.out else checked_in
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
             continue
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(path.name)
         else:
             path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(HERE.parent.parent)}")
+            print(f"wrote {path}")
     if stale:
         names = ", ".join(stale)
         print(f"stale: {names}; run python -m deploy.monitoring.generate", file=sys.stderr)
