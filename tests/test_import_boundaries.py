@@ -130,3 +130,17 @@ def test_the_asyncapi_document_needs_pyyaml_only_to_render() -> None:
     )
     assert _under("yaml", loaded) == set()
     assert "yaml" in _loaded_by("import contracts.asyncapi\ncontracts.asyncapi.render_asyncapi()")
+
+
+def test_the_test_double_and_the_protocol_load_what_contracts_loads() -> None:
+    loaded = _loaded_by(
+        "from contracts.testing import InMemoryPublisher, ContractViolationError\n"
+        "from contracts.publishing import EventPublisher\n"
+        "import asyncio, uuid, contracts\n"
+        "p = InMemoryPublisher()\n"
+        "p.publish_nowait(contracts.message_created(conversation_id=uuid.uuid4(), "
+        "user_id='u', role='user', content='hi'))\n"
+        "asyncio.run(p.close())"
+    )
+    for package in ("worker", "sqlalchemy", "aio_pika", "aiormq", "yaml"):
+        assert _under(package, loaded) == set(), package
