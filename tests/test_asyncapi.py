@@ -227,11 +227,6 @@ BREAKAGES: Final[dict[str, tuple[Breakage, str, str]]] = {
         "asyncapi-document-resolved",
         "channels/events/bindings/amqp",
     ),
-    "a delivery mode AMQP does not have": (
-        lambda d: d["operations"]["deadLetter"]["bindings"]["amqp"].update(deliveryMode=3),
-        "asyncapi-document-resolved",
-        "operations/deadLetter/bindings/amqp",
-    ),
 }
 
 
