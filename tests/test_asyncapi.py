@@ -155,7 +155,8 @@ def parser_prefix() -> Path:
                 + (result.stderr or result.stdout)[-2000:],
                 pytrace=False,
             )
-        shutil.rmtree(prefix, ignore_errors=True)  # a broken or partial copy
+        if _installed_version(prefix) != PARSER_VERSION:  # else another run just installed it
+            shutil.rmtree(prefix, ignore_errors=True)  # a broken copy, if any
         with contextlib.suppress(OSError):  # another run installed it at the same time
             staging.rename(prefix)
     finally:
