@@ -1,7 +1,8 @@
 """The contract's JSON Schema, exported to checked-in files for other languages.
 
-``python -m contracts.jsonschema`` rewrites ``contracts/schemas/``; a test fails
-when the files there differ from what the models produce.
+``python -m contracts.jsonschema`` rewrites ``contracts/schemas/``: the JSON
+Schema, and the AsyncAPI document of :mod:`contracts.asyncapi` beside it. A
+test fails when the files there differ from what the models produce.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from contracts.asyncapi import ASYNCAPI_FILE, render_asyncapi
 from contracts.events import event_adapter
 
 SCHEMA_DIR: Final = Path(__file__).parent / "schemas"
@@ -27,7 +29,7 @@ def render_schema() -> str:
 
 def rendered_files() -> dict[str, str]:
     """File name to content, for everything under ``schemas/``."""
-    return {SCHEMA_FILE: render_schema()}
+    return {SCHEMA_FILE: render_schema(), ASYNCAPI_FILE: render_asyncapi()}
 
 
 def main() -> int:

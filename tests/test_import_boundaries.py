@@ -20,6 +20,8 @@ CONTRACTS = ROOT / "contracts"
 ALLOWED_THIRD_PARTY = {
     # contracts itself; yarl is the URL parser of aiormq, read the same way by contracts.brokers
     "": {"pydantic", "pydantic_core", "aio_pika", "aiormq", "yarl"},
+    # PyYAML only to render the AsyncAPI document, imported then: a build and test step.
+    "asyncapi": {"yaml"},
     "models": {"sqlalchemy"},
     "history": {"sqlalchemy", "asyncpg"},
 }
@@ -119,3 +121,26 @@ def test_the_worker_never_imports_the_cli_and_contracts_never_import_the_worker(
             assert "worker.cli" not in path.read_text(), f"{path.relative_to(ROOT)} imports the cli"
     for path in CONTRACTS.rglob("*.py"):
         assert "worker" not in _imported_top_level_modules(path), path.relative_to(ROOT)
+
+
+def test_the_asyncapi_document_needs_pyyaml_only_to_render() -> None:
+    # Building it is the contract's own data; only rendering the YAML file needs the dev extra.
+    loaded = _loaded_by(
+        "import contracts.asyncapi, contracts.jsonschema\ncontracts.asyncapi.asyncapi_document()"
+    )
+    assert _under("yaml", loaded) == set()
+    assert "yaml" in _loaded_by("import contracts.asyncapi\ncontracts.asyncapi.render_asyncapi()")
+
+
+def test_the_test_double_and_the_protocol_load_what_contracts_loads() -> None:
+    loaded = _loaded_by(
+        "from contracts.testing import InMemoryPublisher, ContractViolationError\n"
+        "from contracts.publishing import EventPublisher\n"
+        "import asyncio, uuid, contracts\n"
+        "p = InMemoryPublisher()\n"
+        "p.publish_nowait(contracts.message_created(conversation_id=uuid.uuid4(), "
+        "user_id='u', role='user', content='hi'))\n"
+        "asyncio.run(p.close())"
+    )
+    for package in ("worker", "sqlalchemy", "aio_pika", "aiormq", "yaml"):
+        assert _under(package, loaded) == set(), package
