@@ -40,6 +40,8 @@ SHIPPED = (
     "worker/migrations/script.py.mako",
     "worker/migrations/versions/0001_conversations_and_messages.py",
     "contracts/schemas/event.schema.json",
+    "contracts/schemas/asyncapi.yaml",
+    "contracts/testing.py",
     "contracts/py.typed",
     "worker/py.typed",
 )
