@@ -22,6 +22,8 @@ ALLOWED_THIRD_PARTY = {
     "": {"pydantic", "pydantic_core", "aio_pika", "aiormq", "yarl"},
     "models": {"sqlalchemy"},
     "history": {"sqlalchemy", "asyncpg"},
+    # the otel extra's API, imported under a guard: absent, nothing is traced
+    "tracing": {"opentelemetry"},
 }
 
 
