@@ -29,7 +29,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 from sqlalchemy.engine import URL
 
-from contracts import MessageCreated, Publisher, message_created
+from contracts import MessageCreated, Publisher, conversation_archived, message_created
 from tests.db import fetch_all
 from tests.events import message_created as message_created_dict
 from tests.harness import (
@@ -42,10 +42,12 @@ from tests.harness import (
     wait_for,
 )
 from worker import topology
+from worker.ingest import tracing
 from worker.settings import Settings
 from worker.tracing import requested_exporters
 
 ROOT = Path(__file__).parent.parent
+ROUTING_KEY = "messaging.rabbitmq.destination.routing_key"
 
 
 class _Switch(Sampler):
@@ -160,10 +162,7 @@ async def test_a_batch_is_a_process_span_linked_to_each_producer_with_db_and_set
     broker = yarl.URL(amqp_url)
     links = linked(processed)
     assert links == {
-        (producer.trace_id, producer.span_id): {
-            "messaging.message.id": str(event_id),
-            "messaging.rabbitmq.destination.routing_key": "message.created",
-        }
+        (producer.trace_id, producer.span_id): {"messaging.message.id": str(event_id)}
         for event_id, producer in producers.items()
     }
     assert sum(span.attributes["messaging.batch.message_count"] for span in processed) == 5  # type: ignore[index,misc]
@@ -231,10 +230,15 @@ async def test_events_without_or_with_malformed_trace_headers_are_stored_without
     strays = [[message_created_dict(user_id="alice") for _ in range(2)] for _ in STRAY_HEADERS]
     for events, headers in zip(strays, STRAY_HEADERS, strict=True):
         await publish(amqp_url, events, headers=headers)
-    traced = new_message()  # one well-formed context among them
+    # Well-formed contexts among them, one on another routing key.
+    traced = new_message()
+    archive = conversation_archived(conversation_id=uuid.uuid4(), user_id="alice")
+    tracer = trace.get_tracer("chat-runtime")
     async with Publisher(amqp_url) as publisher:
-        with trace.get_tracer("chat-runtime").start_as_current_span("chat.request") as request:
+        with tracer.start_as_current_span("chat.request") as request:
             await publisher.publish(traced)
+        with tracer.start_as_current_span("chat.archive") as archiving:
+            await publisher.publish(archive)
 
     async with running_worker(settings):
         await wait_for(table_has(database_url, "messages", 2 * len(strays) + 1), what="the rows")
@@ -245,10 +249,43 @@ async def test_events_without_or_with_malformed_trace_headers_are_stored_without
     assert await take_dead_letters(amqp_url) == []  # a stray header is no reason
     processed = named(spans, "process chat.events")
     assert sum(span.attributes["messaging.batch.message_count"] for span in processed) == (  # type: ignore[index,misc]
-        2 * len(strays) + 1
+        2 * len(strays) + 2
     )
-    producer = request.get_span_context()
-    assert set(linked(processed)) == {(producer.trace_id, producer.span_id)}
+    producers = [request.get_span_context(), archiving.get_span_context()]
+    assert set(linked(processed)) == {(p.trace_id, p.span_id) for p in producers}
+    # A routing key is on the span when its batch has one, else on each link.
+    routing_keys = {}
+    for span in processed:
+        shared = (span.attributes or {}).get(ROUTING_KEY)
+        for link in span.links:
+            own = (link.attributes or {}).get(ROUTING_KEY)
+            assert (own is None) == (shared is not None)
+            routing_keys[link.context.span_id] = own or shared
+    assert routing_keys == {
+        producers[0].span_id: "message.created",
+        producers[1].span_id: "conversation.archived",
+    }
+
+
+class _Unreadable:
+    """A delivery that fails the test if anything of it is read."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"delivery.{name} was read")
+
+
+def test_a_span_that_does_not_record_reads_nothing_of_the_deliveries(
+    spans: InMemorySpanExporter,
+) -> None:
+    _SWITCH.on = False  # the SDK's sampler says no: a non-recording span
+    with tracing.processing([_Unreadable()] * 500) as span:  # type: ignore[list-item]
+        assert span is None
+        tracing.record_outcome(span, inserted=1, duplicates=0, archived=0, dead_lettered=0)
+        with tracing.transaction(database="chatstore", events=500, attempt=1):
+            pass
+        with tracing.settling(messages=500, dead_letters=0):
+            pass
+    assert spans.get_finished_spans() == ()
 
 
 async def test_a_retried_write_is_one_span_per_attempt(

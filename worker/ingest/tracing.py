@@ -85,8 +85,12 @@ def _shared(values: Iterator[str | None]) -> str | None:
     return first if all(value == first for value in values) else None
 
 
-def _add_links(span: Span, batch: Sequence[Delivery]) -> None:
-    """Link ``span`` to the producer context of each delivery that carries a valid one."""
+def _add_links(span: Span, batch: Sequence[Delivery], *, per_routing_key: bool) -> None:
+    """Link ``span`` to the producer context of each delivery that carries a valid one.
+
+    Each link names its message; its routing key too when the batch has
+    several (else the span has it). Each attribute costs about 3 us a link.
+    """
     for delivery in batch:
         headers = delivery.header.properties.headers
         if not headers:
@@ -101,7 +105,7 @@ def _add_links(span: Span, batch: Sequence[Delivery]) -> None:
         attributes: dict[str, str] = {}
         if delivery.header.properties.message_id:
             attributes["messaging.message.id"] = delivery.header.properties.message_id
-        if delivery.routing_key:
+        if per_routing_key and delivery.routing_key:
             attributes["messaging.rabbitmq.destination.routing_key"] = delivery.routing_key
         span.add_link(producer, attributes)
 
@@ -131,14 +135,15 @@ def processing(batch: Sequence[Delivery]) -> Iterator[Span | None]:
         )
         if (exchange := _shared(delivery.exchange for delivery in batch)) is not None:
             span.set_attribute("messaging.destination.name", exchange)
-        if routing_key := _shared(delivery.routing_key for delivery in batch):
+        routing_key = _shared(delivery.routing_key for delivery in batch)
+        if routing_key:
             span.set_attribute("messaging.rabbitmq.destination.routing_key", routing_key)
         url = batch[-1].channel.connection.url
         if url.host:
             span.set_attribute("server.address", url.host)
             if url.port:
                 span.set_attribute("server.port", url.port)
-        _add_links(span, batch)
+        _add_links(span, batch, per_routing_key=routing_key is None)
         yield span
 
 
