@@ -88,9 +88,9 @@ class _Outgoing(NamedTuple):
 
 def _message(outgoing: _Outgoing) -> aio_pika.Message:
     event = outgoing.event
-    headers: dict[str, aio_pika.abc.FieldValue] = {}
+    headers: dict[str, aio_pika.abc.FieldValue] = {}  # the message's own: none so far
     if outgoing.trace:
-        # Trace headers never replace a header of the message's own.
+        # Added beside the message's own headers, never in place of one.
         for name, value in outgoing.trace.items():
             headers.setdefault(name, value)
     return aio_pika.Message(
