@@ -122,6 +122,25 @@ def new_message(user_id: str = "alice") -> MessageCreated:
     )
 
 
+def tree(spans: InMemorySpanExporter, root: ReadableSpan) -> str:
+    """``root`` and its children as text, links included: for the reader of ``-s``."""
+
+    def line(span: ReadableSpan, depth: int) -> list[str]:
+        assert span.context is not None
+        own = [f"{'  ' * depth}{span.name} [{span.kind.name}] span {span.context.span_id:016x}"]
+        own += [
+            f"{'  ' * depth}  link -> trace {link.context.trace_id:032x} span "
+            f"{link.context.span_id:016x} {dict(link.attributes or {})}"
+            for link in span.links
+        ]
+        for child in spans.get_finished_spans():
+            if child.parent is not None and child.parent.span_id == span.context.span_id:
+                own += line(child, depth + 1)
+        return own
+
+    return "\n".join(line(root, 0))
+
+
 async def stored_ids(database_url: URL) -> set[uuid.UUID]:
     return {row["id"] for row in await fetch_all(database_url, "SELECT id FROM messages")}
 
@@ -205,6 +224,8 @@ async def test_a_batch_is_a_process_span_linked_to_each_producer_with_db_and_set
         assert write.end_time is not None
         assert settle.start_time is not None
         assert write.end_time <= settle.start_time  # commit, then settle
+    for span in processed:
+        print(tree(spans, span))
     outcomes = [dict(span.attributes or {}) for span in processed]
     assert sum(o["chatstore.batch.inserted"] for o in outcomes) == len(stored)  # type: ignore[misc]
     assert sum(o["chatstore.batch.dead_lettered"] for o in outcomes) == 1  # type: ignore[misc]
