@@ -11,6 +11,11 @@ confirmed the event (or raises).
 
 Delivery is at least once: an event whose confirm was lost with the
 connection is sent again, and the worker's idempotency absorbs the copy.
+
+With OpenTelemetry installed (the ``otel`` extra), each event carries the trace
+context of the caller of ``publish_nowait`` or ``publish`` in its headers,
+taken at that call, not when the background task sends it (see
+:mod:`contracts.tracing`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Self
+from typing import NamedTuple, Self
 
 import aio_pika
 import aiormq
@@ -34,6 +39,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from contracts.brokers import BrokerNodes
 from contracts.events import AnyEvent
 from contracts.routing import EXCHANGE
+from contracts.tracing import trace_headers
 
 log = logging.getLogger("contracts.publisher")
 
@@ -73,9 +79,23 @@ class _UnroutableError(Exception):
     """The broker returned the event: nothing is bound for its type (yet)."""
 
 
-def _message(event: AnyEvent) -> aio_pika.Message:
+class _Outgoing(NamedTuple):
+    """An event to send, with the trace headers of the context that published it."""
+
+    event: AnyEvent
+    trace: dict[str, str] | None
+
+
+def _message(outgoing: _Outgoing) -> aio_pika.Message:
+    event = outgoing.event
+    headers: dict[str, aio_pika.abc.FieldValue] = {}  # the message's own: none so far
+    if outgoing.trace:
+        # Added beside the message's own headers, never in place of one.
+        for name, value in outgoing.trace.items():
+            headers.setdefault(name, value)
     return aio_pika.Message(
         event.model_dump_json().encode(),
+        headers=headers or None,
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=str(event.event_id),
@@ -108,7 +128,7 @@ class Publisher:
         if buffer_size < 1 or in_flight < 1:
             raise ValueError("buffer_size and in_flight must be at least 1")
         self._nodes = BrokerNodes(amqp_url)  # checked now: a bad list raises here
-        self._buffer: deque[AnyEvent] = deque()
+        self._buffer: deque[_Outgoing] = deque()
         self._buffer_size = buffer_size
         self._when_full = WhenFull(when_full)
         self._in_flight = in_flight
@@ -119,7 +139,7 @@ class Publisher:
         self._has_events = asyncio.Event()
         self._has_room = asyncio.Event()
         self._has_room.set()
-        self._sending: list[AnyEvent] = []  # taken from the buffer, not yet confirmed
+        self._sending: list[_Outgoing] = []  # taken from the buffer, not yet confirmed
         self._connection: AbstractConnection | None = None
         self._exchange: AbstractExchange | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -143,7 +163,7 @@ class Publisher:
         if len(self._buffer) >= self._buffer_size or self._closing:
             self._drop()
             return False
-        self._buffer.append(event)
+        self._buffer.append(_Outgoing(event, trace_headers()))
         self.stats.buffered += 1
         self._has_events.set()
         if len(self._buffer) >= self._buffer_size:
@@ -160,8 +180,9 @@ class Publisher:
 
     async def publish(self, event: AnyEvent) -> None:
         """Send ``event`` now and return once the broker has confirmed it."""
+        outgoing = _Outgoing(event, trace_headers())  # the caller's context, before any await
         exchange = await self._ready_exchange()
-        await self._publish_confirmed(exchange, event)
+        await self._publish_confirmed(exchange, outgoing)
         self.stats.sent += 1
 
     async def close(self, timeout_s: float = 10.0) -> CloseReport:
@@ -180,7 +201,9 @@ class Publisher:
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
-        report = CloseReport(unsent=[*self._sending, *self._buffer])
+        report = CloseReport(
+            unsent=[outgoing.event for outgoing in [*self._sending, *self._buffer]]
+        )
         if report.unsent:
             log.error("publisher closed with %d events unsent", len(report.unsent))
         return report
@@ -232,8 +255,9 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), timeout=1)
 
-    async def _publish_confirmed(self, exchange: AbstractExchange, event: AnyEvent) -> None:
-        confirmation = await exchange.publish(_message(event), routing_key=event.type)
+    async def _publish_confirmed(self, exchange: AbstractExchange, outgoing: _Outgoing) -> None:
+        event = outgoing.event
+        confirmation = await exchange.publish(_message(outgoing), routing_key=event.type)
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise _UnroutableError(f"the broker returned event {event.event_id}")
 
@@ -269,12 +293,12 @@ class Publisher:
             self._has_room.set()
             # Pipelined: up to in_flight confirms awaited together.
             results = await asyncio.gather(
-                *(self._publish_confirmed(exchange, event) for event in self._sending),
+                *(self._publish_confirmed(exchange, outgoing) for outgoing in self._sending),
                 return_exceptions=True,
             )
             failed = [
-                event
-                for event, result in zip(self._sending, results, strict=True)
+                outgoing
+                for outgoing, result in zip(self._sending, results, strict=True)
                 if isinstance(result, BaseException)
             ]
             self.stats.sent += len(self._sending) - len(failed)

@@ -24,6 +24,8 @@ ALLOWED_THIRD_PARTY = {
     "asyncapi": {"yaml"},
     "models": {"sqlalchemy"},
     "history": {"sqlalchemy", "asyncpg"},
+    # the otel extra's API, imported under a guard: absent, nothing is traced
+    "tracing": {"opentelemetry"},
 }
 
 

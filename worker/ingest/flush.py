@@ -4,6 +4,10 @@ decode -> write in one transaction (retrying transient failures, isolating
 events whose data PostgreSQL refuses) -> commit -> publish the refused events
 to the DLQ with confirms -> ack. The part after the commit is shielded from
 cancellation, so a committed batch is never left half-settled by a shutdown.
+
+Each batch is one ``process`` span, with a ``write_batch`` span per transaction
+attempt and a ``settle`` span (worker/ingest/tracing.py; no-ops without the
+``otel`` extra).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import AnyEvent, Reason, Rejection, decode
 from worker.faults import Fault, classify, constraint_of, sqlstate_of
 from worker.health import Readiness
+from worker.ingest import tracing
 from worker.ingest.backoff import Backoff
 from worker.ingest.deadletter import publish_dead_letters
 from worker.ingest.delivery import Delivery, delivery_tag
@@ -84,12 +89,19 @@ class Flusher:
         self._metrics = metrics
         self._readiness = readiness
         self._refusals_in_a_row = 0
+        self._database = engine.url.database  # for the transaction spans
 
     async def flush(self, batch: Sequence[Delivery], *, on_retry: OnRetry | None = None) -> None:
         """Store, dead-letter and acknowledge ``batch`` (deliveries of one channel, in order).
 
         ``on_retry`` is awaited before each wait for a transient failure to pass.
         """
+        with tracing.processing(batch) as span:
+            await self._flush(batch, on_retry, span)
+
+    async def _flush(
+        self, batch: Sequence[Delivery], on_retry: OnRetry | None, span: tracing.Span | None
+    ) -> None:
         started = time.perf_counter()
         events: list[AnyEvent] = []
         positions: list[int] = []  # the batch position of each event
@@ -106,6 +118,13 @@ class Flusher:
         committed_at = time.time()
         for event_position, rejection in result.rejections.items():
             rejections[positions[event_position]] = rejection
+        tracing.record_outcome(
+            span,
+            inserted=result.inserted,
+            duplicates=result.duplicates,
+            archived=result.archived,
+            dead_lettered=len(rejections),
+        )
 
         settling = asyncio.ensure_future(self._settle(batch, rejections))
         try:
@@ -118,13 +137,16 @@ class Flusher:
         self._record(batch, events, result, rejections, committed_at, started)
 
     async def _settle(self, batch: Sequence[Delivery], rejections: dict[int, Rejection]) -> None:
-        if rejections:
-            letters = [(batch[position], rejections[position]) for position in sorted(rejections)]
-            await publish_dead_letters(self._dead_letter_channel, letters)
-        # The batch holds every unsettled delivery of its channel up to its
-        # last one, in order: one ack with multiple=True settles them all.
-        last = batch[-1]
-        await last.channel.basic_ack(delivery_tag(last), multiple=True)
+        with tracing.settling(messages=len(batch), dead_letters=len(rejections)):
+            if rejections:
+                letters = [
+                    (batch[position], rejections[position]) for position in sorted(rejections)
+                ]
+                await publish_dead_letters(self._dead_letter_channel, letters)
+            # The batch holds every unsettled delivery of its channel up to its
+            # last one, in order: one ack with multiple=True settles them all.
+            last = batch[-1]
+            await last.channel.basic_ack(delivery_tag(last), multiple=True)
 
     async def _write(self, events: Sequence[AnyEvent], on_retry: OnRetry | None) -> WriteResult:
         """Write ``events``, halving the batch to find the ones PostgreSQL refuses."""
@@ -154,7 +176,10 @@ class Flusher:
         attempt = 0
         while True:
             try:
-                result = await write_batch(self._engine, events)
+                with tracing.transaction(
+                    database=self._database, events=len(events), attempt=attempt + 1
+                ):
+                    result = await write_batch(self._engine, events)
             except Exception as error:
                 fault = classify(error)
                 if fault is Fault.DATA:

@@ -1,0 +1,475 @@
+"""Traces from publish to commit (the ``otel`` extra), on the real broker and database.
+
+The spans are read from the SDK's in-memory exporter, so the worker runs in
+this process. The tracer provider is global and can be set once a process:
+it is set here with a sampler that records only while a test of this module
+holds the ``spans`` fixture; every other test sees non-recording spans, as
+with the API and no SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yarl
+from opentelemetry import context, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.util.types import Attributes
+from sqlalchemy.engine import URL
+
+from contracts import MessageCreated, Publisher, conversation_archived, message_created
+from tests.db import fetch_all
+from tests.events import message_created as message_created_dict
+from tests.harness import (
+    count,
+    publish,
+    queue_has,
+    running_worker,
+    table_has,
+    take_dead_letters,
+    wait_for,
+)
+from worker import topology
+from worker.ingest import tracing
+from worker.settings import Settings
+from worker.tracing import requested_exporters
+
+ROOT = Path(__file__).parent.parent
+ROUTING_KEY = "messaging.rabbitmq.destination.routing_key"
+
+
+class _Switch(Sampler):
+    """Records while ``on``; drops (non-recording spans) otherwise."""
+
+    on = False
+
+    def should_sample(
+        self,
+        parent_context: context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        return SamplingResult(
+            Decision.RECORD_AND_SAMPLE if self.on else Decision.DROP, attributes, trace_state
+        )
+
+    def get_description(self) -> str:
+        return "on while a tracing test runs"
+
+
+_SWITCH = _Switch()
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The exporter of every span ended while the test runs."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider(sampler=_SWITCH)
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    assert trace.get_tracer_provider().sampler is _SWITCH  # type: ignore[attr-defined]
+    _EXPORTER.clear()
+    _SWITCH.on = True
+    try:
+        yield _EXPORTER
+    finally:
+        _SWITCH.on = False
+        _EXPORTER.clear()
+
+
+def named(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [span for span in spans.get_finished_spans() if span.name == name]
+
+
+def children(spans: InMemorySpanExporter, parent: ReadableSpan, name: str) -> list[ReadableSpan]:
+    assert parent.context is not None
+    return [
+        span
+        for span in named(spans, name)
+        if span.parent is not None and span.parent.span_id == parent.context.span_id
+    ]
+
+
+def linked(process_spans: Sequence[ReadableSpan]) -> dict[tuple[int, int], Mapping[str, Any]]:
+    """(trace id, span id) of every link of ``process_spans``, with the link's attributes."""
+    return {
+        (link.context.trace_id, link.context.span_id): dict(link.attributes or {})
+        for span in process_spans
+        for link in span.links
+    }
+
+
+def new_message(user_id: str = "alice") -> MessageCreated:
+    return message_created(
+        conversation_id=uuid.uuid4(), user_id=user_id, role="user", content="traced"
+    )
+
+
+def tree(spans: InMemorySpanExporter, root: ReadableSpan) -> str:
+    """``root`` and its children as text, links included: for the reader of ``-s``."""
+
+    def line(span: ReadableSpan, depth: int) -> list[str]:
+        assert span.context is not None
+        own = [f"{'  ' * depth}{span.name} [{span.kind.name}] span {span.context.span_id:016x}"]
+        own += [
+            f"{'  ' * depth}  link -> trace {link.context.trace_id:032x} span "
+            f"{link.context.span_id:016x} {dict(link.attributes or {})}"
+            for link in span.links
+        ]
+        for child in spans.get_finished_spans():
+            if child.parent is not None and child.parent.span_id == span.context.span_id:
+                own += line(child, depth + 1)
+        return own
+
+    return "\n".join(line(root, 0))
+
+
+async def stored_ids(database_url: URL) -> set[uuid.UUID]:
+    return {row["id"] for row in await fetch_all(database_url, "SELECT id FROM messages")}
+
+
+async def test_a_batch_is_a_process_span_linked_to_each_producer_with_db_and_settle_children(
+    settings: Settings, database_url: URL, amqp_url: str, spans: InMemorySpanExporter
+) -> None:
+    tracer = trace.get_tracer("chat-runtime")
+    stored = [new_message() for _ in range(4)]
+    refused = new_message(user_id="carol")  # no such user: dead-lettered
+    producers: dict[uuid.UUID, trace.SpanContext] = {}  # event id -> its publisher's span
+    async with Publisher(amqp_url) as publisher:
+        for event in stored[:2]:
+            with tracer.start_as_current_span("chat.request", kind=SpanKind.PRODUCER) as request:
+                await publisher.publish(event)
+            producers[event.event_id] = request.get_span_context()
+        for event in [*stored[2:], refused]:
+            with tracer.start_as_current_span("chat.request", kind=SpanKind.PRODUCER) as request:
+                assert publisher.publish_nowait(event)
+            producers[event.event_id] = request.get_span_context()
+        # Sent from here, in another span: the headers must still be the
+        # context of each publish_nowait call, not this one.
+        with tracer.start_as_current_span("shutdown"):
+            assert (await publisher.close()).complete
+
+    async with running_worker(settings):
+        await wait_for(table_has(database_url, "messages", len(stored)), what="the rows")
+        await wait_for(queue_has(amqp_url, topology.DLQ, 1), what="the dead letter")
+        await wait_for(queue_has(amqp_url, topology.QUEUE, 0), what="an empty queue")
+
+    assert await stored_ids(database_url) == {event.data.message_id for event in stored}
+    (letter,) = await take_dead_letters(amqp_url)
+    assert letter.reason == "unknown_user"
+    assert "traceparent" in letter.headers  # a dead letter keeps its producer's context
+
+    processed = named(spans, "process chat.events")
+    assert processed, "no process span"
+    broker = yarl.URL(amqp_url)
+    links = linked(processed)
+    assert links == {
+        (producer.trace_id, producer.span_id): {"messaging.message.id": str(event_id)}
+        for event_id, producer in producers.items()
+    }
+    assert sum(span.attributes["messaging.batch.message_count"] for span in processed) == 5  # type: ignore[index,misc]
+    for span in processed:
+        assert span.kind is SpanKind.CONSUMER
+        assert span.parent is None  # a trace of its own, linked to the producers'
+        attributes = dict(span.attributes or {})
+        assert attributes["messaging.batch.message_count"] == len(span.links)
+        assert attributes | {"messaging.batch.message_count": 0} == {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.batch.message_count": 0,
+            "messaging.destination.name": "chat.events",
+            "messaging.rabbitmq.destination.routing_key": "message.created",
+            "server.address": broker.host,
+            "server.port": broker.port,
+            "chatstore.batch.inserted": attributes["chatstore.batch.inserted"],
+            "chatstore.batch.duplicates": 0,
+            "chatstore.batch.archived": 0,
+            "chatstore.batch.dead_lettered": attributes["chatstore.batch.dead_lettered"],
+        }
+        (write,) = children(spans, span, "write_batch")
+        assert write.status.status_code is StatusCode.UNSET
+        assert dict(write.attributes or {}) == {
+            "db.system.name": "postgresql",
+            "db.namespace": database_url.database,
+            "chatstore.write.events": len(span.links),
+            "chatstore.write.attempt": 1,
+        }
+        (settle,) = children(spans, span, "settle chat.events")
+        assert settle.attributes is not None
+        assert settle.attributes["messaging.operation.type"] == "settle"
+        assert settle.attributes["messaging.operation.name"] == "ack"
+        assert settle.attributes["messaging.batch.message_count"] == len(span.links)
+        assert (
+            settle.attributes["chatstore.settle.dead_letters"]
+            == (attributes["chatstore.batch.dead_lettered"])
+        )
+        assert write.end_time is not None
+        assert settle.start_time is not None
+        assert write.end_time <= settle.start_time  # commit, then settle
+    for span in processed:
+        print(tree(spans, span))
+    outcomes = [dict(span.attributes or {}) for span in processed]
+    assert sum(o["chatstore.batch.inserted"] for o in outcomes) == len(stored)  # type: ignore[misc]
+    assert sum(o["chatstore.batch.dead_lettered"] for o in outcomes) == 1  # type: ignore[misc]
+
+
+# Trace headers as other producers, or none, may send them: none gives a link.
+STRAY_HEADERS: list[dict[str, Any] | None] = [
+    None,
+    {"traceparent": "garbage"},
+    {"traceparent": 5},
+    {"traceparent": bytearray(b"\xff\xfe not text")},
+    {"traceparent": ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]},
+    {"traceparent": f"00-{'0' * 32}-{'0' * 16}-01"},  # all-zero ids: invalid
+    {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"},  # no flags
+    {"tracestate": "vendor=value"},  # a tracestate alone
+    {"traceparent": {"nested": "table"}, "tracestate": 7},
+]
+
+
+async def test_events_without_or_with_malformed_trace_headers_are_stored_without_a_link(
+    settings: Settings, database_url: URL, amqp_url: str, spans: InMemorySpanExporter
+) -> None:
+    strays = [[message_created_dict(user_id="alice") for _ in range(2)] for _ in STRAY_HEADERS]
+    for events, headers in zip(strays, STRAY_HEADERS, strict=True):
+        await publish(amqp_url, events, headers=headers)
+    # Well-formed contexts among them, one on another routing key.
+    traced = new_message()
+    archive = conversation_archived(conversation_id=uuid.uuid4(), user_id="alice")
+    tracer = trace.get_tracer("chat-runtime")
+    async with Publisher(amqp_url) as publisher:
+        with tracer.start_as_current_span("chat.request") as request:
+            await publisher.publish(traced)
+        with tracer.start_as_current_span("chat.archive") as archiving:
+            await publisher.publish(archive)
+
+    async with running_worker(settings):
+        await wait_for(table_has(database_url, "messages", 2 * len(strays) + 1), what="the rows")
+        await wait_for(queue_has(amqp_url, topology.QUEUE, 0), what="an empty queue")
+    assert await stored_ids(database_url) == {
+        uuid.UUID(event["data"]["message_id"]) for events in strays for event in events
+    } | {traced.data.message_id}
+    assert await take_dead_letters(amqp_url) == []  # a stray header is no reason
+    processed = named(spans, "process chat.events")
+    assert sum(span.attributes["messaging.batch.message_count"] for span in processed) == (  # type: ignore[index,misc]
+        2 * len(strays) + 2
+    )
+    producers = [request.get_span_context(), archiving.get_span_context()]
+    assert set(linked(processed)) == {(p.trace_id, p.span_id) for p in producers}
+    # A routing key is on the span when its batch has one, else on each link.
+    routing_keys = {}
+    for span in processed:
+        shared = (span.attributes or {}).get(ROUTING_KEY)
+        for link in span.links:
+            own = (link.attributes or {}).get(ROUTING_KEY)
+            assert (own is None) == (shared is not None)
+            routing_keys[link.context.span_id] = own or shared
+    assert routing_keys == {
+        producers[0].span_id: "message.created",
+        producers[1].span_id: "conversation.archived",
+    }
+
+
+class _Unreadable:
+    """A delivery that fails the test if anything of it is read."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"delivery.{name} was read")
+
+
+def test_a_span_that_does_not_record_reads_nothing_of_the_deliveries(
+    spans: InMemorySpanExporter,
+) -> None:
+    _SWITCH.on = False  # the SDK's sampler says no: a non-recording span
+    with tracing.processing([_Unreadable()] * 500) as span:  # type: ignore[list-item]
+        assert span is None
+        tracing.record_outcome(span, inserted=1, duplicates=0, archived=0, dead_lettered=0)
+        with tracing.transaction(database="chatstore", events=500, attempt=1):
+            pass
+        with tracing.settling(messages=500, dead_letters=0):
+            pass
+    assert spans.get_finished_spans() == ()
+
+
+async def test_a_retried_write_is_one_span_per_attempt(
+    settings: Settings, database_url: URL, amqp_url: str, spans: InMemorySpanExporter
+) -> None:
+    tracer = trace.get_tracer("chat-runtime")
+    async with running_worker(settings), Publisher(amqp_url) as publisher:
+        await publisher.publish(new_message())
+        await wait_for(table_has(database_url, "messages", 1), what="the first row")
+        # The worker's pooled connections die: its next write fails once on a
+        # dead connection (transient), then succeeds on a new one.
+        await fetch_all(
+            database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        await wait_for(lambda: _other_backends_gone(database_url), what="the backends gone")
+        with tracer.start_as_current_span("chat.request", kind=SpanKind.PRODUCER) as producer:
+            await publisher.publish(event := new_message())
+        await wait_for(table_has(database_url, "messages", 2), what="the second row")
+    assert event.data.message_id in await stored_ids(database_url)
+    (process,) = [
+        span
+        for span in named(spans, "process chat.events")
+        if producer.get_span_context().span_id in {link.context.span_id for link in span.links}
+    ]
+    attempts = sorted(
+        children(spans, process, "write_batch"),
+        key=lambda span: span.attributes["chatstore.write.attempt"],  # type: ignore[index,arg-type,return-value]
+    )
+    assert [span.attributes["chatstore.write.attempt"] for span in attempts] == [1, 2]  # type: ignore[index]
+    failed, committed = attempts
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None
+    assert failed.attributes["error.type"]
+    assert [event.name for event in failed.events] == ["exception"]
+    assert committed.status.status_code is StatusCode.UNSET
+    assert len(children(spans, process, "settle chat.events")) == 1
+
+
+async def _other_backends_gone(database_url: URL) -> bool:
+    rows = await fetch_all(
+        database_url,
+        "SELECT count(*) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    return int(rows[0]["n"]) == 0
+
+
+# A process without OpenTelemetry: every import of it fails, as when the
+# extra is not installed. It publishes with the Publisher and runs the worker.
+_WITHOUT_OPENTELEMETRY = """
+import asyncio, json, sys, uuid
+
+class _NoOpenTelemetry:
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoOpenTelemetry())
+
+import contracts.tracing, worker.ingest.tracing
+from sqlalchemy.engine import make_url
+from contracts import Publisher, message_created
+from tests.harness import running_worker, table_has, wait_for, worker_settings
+from worker.tracing import configure
+
+async def main(database_url, amqp_url):
+    events = [
+        message_created(conversation_id=uuid.uuid4(), user_id="alice", role="user", content="x")
+        for _ in range(3)
+    ]
+    async with Publisher(amqp_url) as publisher:
+        await publisher.publish(events[0])
+        assert all(publisher.publish_nowait(event) for event in events[1:])
+    async with running_worker(worker_settings(database_url, amqp_url)):
+        await wait_for(table_has(make_url(database_url), "messages", 3))
+    return {
+        "configured": configure(links_per_span=500),
+        "guards": [contracts.tracing.trace is None, worker.ingest.tracing.trace is None],
+        "loaded": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
+    }
+
+print("RESULT " + json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))
+"""
+
+
+async def test_without_opentelemetry_the_publisher_and_the_worker_work_as_before(
+    settings: Settings, database_url: URL, amqp_url: str
+) -> None:
+    url = database_url.render_as_string(hide_password=False)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _WITHOUT_OPENTELEMETRY, url, amqp_url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "console"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert json.loads(line.removeprefix("RESULT ")) == {
+        "configured": False,  # asked for, but not installed: a warning, no error
+        "guards": [True, True],
+        "loaded": [],
+    }
+    assert "tracing.unavailable" in result.stdout + result.stderr
+    assert await count(database_url, "messages") == 3
+    assert await take_dead_letters(amqp_url) == []
+
+
+def _configure_in_a_process(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    probe = (
+        "from opentelemetry import trace\n"
+        "from worker.tracing import configure\n"
+        "print('CONFIGURED', configure(links_per_span=500))\n"
+        "provider = trace.get_tracer_provider()\n"
+        "print('LINKS', getattr(getattr(provider, '_span_limits', None), 'max_links', None))\n"
+        "with trace.get_tracer('probe').start_as_current_span('probe-span'):\n"
+        "    pass\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **environment},
+        timeout=30,
+    )
+
+
+def test_the_worker_configures_the_sdk_only_when_the_environment_asks_for_traces() -> None:
+    asked = _configure_in_a_process({"OTEL_TRACES_EXPORTER": "console"})
+    assert asked.returncode == 0, asked.stderr
+    assert "CONFIGURED True" in asked.stdout
+    assert "LINKS 500" in asked.stdout  # a batch's links all fit
+    exported = asked.stdout[asked.stdout.index("{") :]
+    assert json.loads(exported)["name"] == "probe-span"  # exported at exit
+    assert '"service.name": "chatstore"' in exported
+
+    not_asked = _configure_in_a_process({})
+    assert not_asked.returncode == 0, not_asked.stderr
+    assert "CONFIGURED False" in not_asked.stdout
+    assert "probe-span" not in not_asked.stdout
+
+
+def test_an_exporter_that_is_not_installed_is_a_configuration_error() -> None:
+    result = _configure_in_a_process({"OTEL_TRACES_EXPORTER": "zipkin_json"})
+    assert result.returncode == 1
+    assert "ConfigurationError: OTEL_TRACES_EXPORTER: no exporter 'zipkin_json'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment", "exporters"),
+    [
+        ({}, []),
+        ({"OTEL_TRACES_EXPORTER": "none"}, []),
+        ({"OTEL_TRACES_EXPORTER": "console, otlp"}, ["console", "otlp"]),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318"}, ["otlp"]),
+    ],
+)
+def test_the_exporters_asked_for(environment: dict[str, str], exporters: list[str]) -> None:
+    assert requested_exporters(environment) == exporters

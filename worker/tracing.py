@@ -1,0 +1,89 @@
+"""Setting up OpenTelemetry's SDK for the worker, from the standard OTEL_* variables.
+
+Only when the ``otel`` extra is installed and the environment asks for traces
+(``OTEL_TRACES_EXPORTER``, or an OTLP endpoint) does the worker install a
+tracer provider; otherwise it leaves tracing alone, and its spans are the
+API's no-ops. A provider set up already (``opentelemetry-instrument chatstore
+worker``) is kept as it is.
+
+Exporters are found by name the way the SDK's own configuration finds them,
+through the ``opentelemetry_traces_exporter`` entry points: ``console`` ships
+with the SDK; ``otlp`` (gRPC) and ``otlp_proto_http`` come with the OTLP
+exporter packages, which the operator installs. Sampling, span limits and
+the resource come from the SDK's own variables (``OTEL_TRACES_SAMPLER``,
+``OTEL_SPAN_LINK_COUNT_LIMIT``, ``OTEL_SERVICE_NAME``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+
+import structlog
+
+from worker.settings import ConfigurationError
+
+log = structlog.get_logger("chatstore.tracing")
+
+_EXPORTERS_GROUP = "opentelemetry_traces_exporter"
+
+
+def requested_exporters(environ: Mapping[str, str]) -> list[str]:
+    """The exporter names the environment asks for; empty when it asks for no traces."""
+    names = [name.strip() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",")]
+    names = [name for name in names if name]
+    if not names and (
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        names = ["otlp"]  # the SDK's default exporter, asked for by its endpoint
+    return [] if names == ["none"] else names
+
+
+def configure(*, links_per_span: int) -> bool:
+    """Install a tracer provider as the environment asks; True if one was installed.
+
+    ``links_per_span`` is the batch size, the most links a ``process`` span
+    can have: the SDK's default limit (128) would drop the rest, so it is
+    raised to it unless ``OTEL_SPAN_LINK_COUNT_LIMIT`` says otherwise.
+    Raises :class:`ConfigurationError` for an exporter that is not installed.
+    """
+    names = requested_exporters(os.environ)
+    if not names:
+        return False
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+    except ImportError:
+        log.warning(
+            "tracing.unavailable",
+            note="OTEL_TRACES_EXPORTER is set, but the otel extra is not installed",
+        )
+        return False
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        log.info("tracing.provider_kept", note="a tracer provider is configured already")
+        return False
+
+    exporters: list[SpanExporter] = []
+    for name in names:
+        found = entry_points(group=_EXPORTERS_GROUP, name=name)
+        if not found:
+            raise ConfigurationError(
+                f"OTEL_TRACES_EXPORTER: no exporter {name!r} is installed "
+                f"(for otlp: pip install opentelemetry-exporter-otlp)"
+            )
+        exporters.append(next(iter(found)).load()())
+
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "chatstore"}))
+    limit = None if "OTEL_SPAN_LINK_COUNT_LIMIT" in os.environ else max(128, links_per_span)
+    provider = TracerProvider(resource=resource, span_limits=SpanLimits(max_links=limit))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # shut down (flushed) at exit by the SDK
+    log.info("tracing.configured", exporters=names)
+    return True
