@@ -27,7 +27,7 @@ from contracts import (
     conversation_archived,
     message_created,
 )
-from contracts.publisher import _message
+from contracts.publisher import _message, _Outgoing
 from contracts.publishing import EventPublisher, PublisherCloseReport, PublisherCounters
 from contracts.routing import EXCHANGE
 from contracts.testing import (
@@ -196,7 +196,7 @@ def test_the_kept_body_and_properties_are_what_the_publisher_sends() -> None:
     event = _question()
     publisher.publish_nowait(event)
     (kept,) = publisher.messages
-    sent = _message(event)
+    sent = _message(_Outgoing(event, trace=None))
     assert kept.body == sent.body
     assert (kept.content_type, kept.delivery_mode, kept.message_id, kept.type) == (
         sent.content_type,
