@@ -455,10 +455,20 @@ def test_the_worker_configures_the_sdk_only_when_the_environment_asks_for_traces
     assert "probe-span" not in not_asked.stdout
 
 
-def test_an_exporter_that_is_not_installed_is_a_configuration_error() -> None:
-    result = _configure_in_a_process({"OTEL_TRACES_EXPORTER": "zipkin_json"})
-    assert result.returncode == 1
-    assert "ConfigurationError: OTEL_TRACES_EXPORTER: no exporter 'zipkin_json'" in result.stderr
+def test_an_exporter_that_is_not_installed_stops_the_worker_with_one_line_and_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "worker"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "zipkin_json"},
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "chatstore: OTEL_TRACES_EXPORTER: no exporter 'zipkin_json' is installed "
+        "(for otlp: pip install opentelemetry-exporter-otlp)"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -86,8 +86,15 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         from worker.supervise.supervisor import supervise
 
         return asyncio.run(supervise(settings, processes))
-    from worker import lifecycle
+    from worker import lifecycle, tracing
 
+    # Each worker process (each child of a supervisor too) sets up its own
+    # tracer provider; an exporter that is not installed is bad configuration.
+    try:
+        tracing.configure(links_per_span=settings.batch_max_size)
+    except ConfigurationError as error:
+        print(f"chatstore: {error}", file=sys.stderr)
+        return exits.USAGE
     return asyncio.run(lifecycle.run(settings, child=child))
 
 
