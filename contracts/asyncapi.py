@@ -113,6 +113,20 @@ def example_events() -> tuple[MessageCreated, ConversationArchived]:
     return message, archived
 
 
+# What contracts.Publisher adds with the otel extra. The worker only links its
+# spans to them: a missing or malformed header never dead-letters an event.
+_TRACE_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "description": "Optional W3C trace context of the code that published the event "
+    "(contracts.Publisher sets it with the otel extra installed). The worker links its "
+    "batch span to it and ignores it when missing or malformed.",
+    "properties": {
+        "traceparent": {"type": "string", "description": "W3C Trace Context traceparent"},
+        "tracestate": {"type": "string", "description": "W3C Trace Context tracestate"},
+    },
+}
+
+
 def _event_message(event: AnyEvent, title: str, summary: str) -> dict[str, Any]:
     return {
         "name": event.type,
@@ -125,6 +139,7 @@ def _event_message(event: AnyEvent, title: str, summary: str) -> dict[str, Any]:
             "and its type is read from the body, never from the routing key."
         ),
         "contentType": "application/json",
+        "headers": _TRACE_HEADERS,
         "payload": _ref(_SCHEMAS + type(event).__name__),
         "bindings": _amqp(messageType=event.type),
         "examples": [{"name": event.type, "payload": event.model_dump(mode="json")}],
