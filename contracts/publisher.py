@@ -160,8 +160,11 @@ class Publisher:
 
     def publish_nowait(self, event: AnyEvent) -> bool:
         """Buffer ``event`` for sending; never blocks, never raises. False if dropped."""
-        if len(self._buffer) >= self._buffer_size or self._closing:
-            self._drop()
+        if self._closing:
+            self._drop("publisher closed")
+            return False
+        if len(self._buffer) >= self._buffer_size:
+            self._drop(f"publisher buffer full ({self._buffer_size} events)")
             return False
         self._buffer.append(_Outgoing(event, trace_headers()))
         self.stats.buffered += 1
@@ -179,7 +182,13 @@ class Publisher:
         return self.publish_nowait(event)
 
     async def publish(self, event: AnyEvent) -> None:
-        """Send ``event`` now and return once the broker has confirmed it."""
+        """Send ``event`` now and return once the broker has confirmed it.
+
+        Raises ``RuntimeError`` once ``close`` has begun: a connection opened
+        for it would outlive the publisher.
+        """
+        if self._closing:
+            raise RuntimeError("Publisher.publish after close")
         outgoing = _Outgoing(event, trace_headers())  # the caller's context, before any await
         exchange = await self._ready_exchange()
         await self._publish_confirmed(exchange, outgoing)
@@ -208,16 +217,12 @@ class Publisher:
             log.error("publisher closed with %d events unsent", len(report.unsent))
         return report
 
-    def _drop(self) -> None:
+    def _drop(self, cause: str) -> None:
         self.stats.dropped += 1
         self._drops_since_log += 1
         now = time.monotonic()
         if now - self._last_drop_log >= self._drop_log_interval_s:
-            log.warning(
-                "publisher buffer full (%d events): dropped %d events",
-                self._buffer_size,
-                self._drops_since_log,
-            )
+            log.warning("%s: dropped %d events", cause, self._drops_since_log)
             self._last_drop_log = now
             self._drops_since_log = 0
 

@@ -20,10 +20,10 @@ too, for a runtime that catches every exception. Only ``decode``'s checks
 apply: the reasons that need the database (``unknown_user``,
 ``ownership_mismatch``, ``conflict``) cannot be told here.
 
-Two more differences from ``Publisher``, on purpose: ``publish`` after
-``close`` raises ``RuntimeError`` (``Publisher`` would open a new connection);
-and the buffer is full only when a test says so (``publisher.full = True``),
-so that a runtime's handling of dropped events can be tested.
+Like ``Publisher``, ``publish`` after ``close`` raises ``RuntimeError``. One
+difference, on purpose: the buffer is full only when a test says so
+(``publisher.full = True``), so that a runtime's handling of dropped events
+can be tested.
 
 Importing this module loads what ``import contracts`` loads: pydantic, no
 AMQP client and no SQLAlchemy.

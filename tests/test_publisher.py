@@ -85,6 +85,18 @@ async def test_a_full_buffer_drops_the_newest_and_counts_them() -> None:
     assert publisher.publish_nowait(new_message()) is False  # closed: refused, no exception
 
 
+async def test_publish_after_close_raises_and_sends_nothing(amqp_url: str) -> None:
+    await declare_topology(amqp_url)
+    publisher = Publisher(amqp_url)
+    await publisher.publish(new_message(1))
+    await publisher.close(timeout_s=5)
+    with pytest.raises(RuntimeError, match="after close"):
+        await publisher.publish(new_message(2))
+    # Only the event published before the close reached the queue.
+    letters = await take_all(amqp_url, topology.QUEUE)
+    assert [decode(letter.body).data.content for letter in letters] == ["hello 1"]  # type: ignore[union-attr]
+
+
 async def test_with_block_enqueue_waits_for_room_instead_of_dropping() -> None:
     publisher = Publisher(unreachable_url(), buffer_size=10, when_full=WhenFull.BLOCK)
     await publisher.start()
