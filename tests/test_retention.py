@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL
@@ -34,7 +35,7 @@ from tests.harness import (
     worker_environment,
     worker_settings,
 )
-from worker import exits
+from worker import exits, topology
 from worker.arguments import duration, instant
 from worker.settings import Settings
 from worker.tools.retention.archive import archive
@@ -145,7 +146,7 @@ async def test_archive_publishes_for_exactly_the_idle_ones_and_a_worker_archives
     report = await archive(
         settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event()
     )
-    assert (report.candidates, report.published, report.failed) == (6, 6, 0)
+    assert (report.candidates, report.seen, report.published, report.failed) == (6, 6, 6, 0)
     assert report.complete
     assert await queue_depth(amqp_url) == 6  # confirmed: in the queue before any worker runs
 
@@ -168,7 +169,7 @@ async def test_archive_publishes_for_exactly_the_idle_ones_and_a_worker_archives
     again = await archive(
         settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event()
     )
-    assert (again.candidates, again.published) == (0, 0)
+    assert (again.candidates, again.seen, again.published) == (0, 0, 0)
 
 
 async def _archived_count(url: URL, expected: int) -> bool:
@@ -184,10 +185,37 @@ async def test_an_archive_dry_run_counts_and_lists_but_publishes_and_changes_not
     report = await archive(
         settings, idle_for=timedelta(days=100), dry_run=True, stop=asyncio.Event()
     )
-    assert (report.candidates, report.published) == (6, 0)
+    assert (report.candidates, report.seen, report.published) == (6, 6, 0)
     assert {e["conversation_id"] for e in report.examples} == {str(i) for i in groups["idle"]}
     assert await queue_depth(amqp_url) == 0
     assert await statuses(database_url) == before
+
+
+async def test_an_archive_whose_broker_fails_midway_counts_only_what_was_confirmed_and_stops(
+    settings: Settings, database_url: URL, amqp_url: str
+) -> None:
+    await fill(database_url, conversations=5000, messages_each=0, status="active", updated_at=None)
+    running = asyncio.create_task(
+        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event())
+    )
+
+    async def under_way() -> bool:
+        return running.done() or await queue_depth(amqp_url) >= 200
+
+    await wait_for(under_way, what="the archive under way")
+    # From now on every publish fails: the broker closes the channel (404).
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        await channel.exchange_delete(topology.EXCHANGE)
+    report = await asyncio.wait_for(running, timeout=60)
+    assert report.stop_reason == "publish_failures"
+    assert report.failed >= 3
+    assert report.seen == report.published + report.failed
+    assert 200 <= report.published < 5000
+    # Every confirmed event is in the queue. A few more may be: routed, but their
+    # confirm lost with the channel (at least once: a rerun sends them again).
+    depth = await queue_depth(amqp_url)
+    assert report.published <= depth <= report.published + report.failed
 
 
 # --- purge -----------------------------------------------------------------

