@@ -139,10 +139,17 @@ async def _idle_and_busy(url: URL) -> dict[str, list[uuid.UUID]]:
     }
 
 
-async def test_archive_publishes_for_exactly_the_idle_ones_and_a_worker_archives_them(
+async def test_archive_dry_run_changes_nothing_and_the_real_run_archives_exactly_the_idle_ones(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
     groups = await _idle_and_busy(database_url)
+    before = await statuses(database_url)
+    dry = await archive(settings, idle_for=timedelta(days=100), dry_run=True, stop=asyncio.Event())
+    assert (dry.candidates, dry.seen, dry.published) == (6, 6, 0)
+    assert {e["conversation_id"] for e in dry.examples} == {str(i) for i in groups["idle"]}
+    assert await queue_depth(amqp_url) == 0  # a dry run publishes nothing...
+    assert await statuses(database_url) == before  # ...and changes nothing
+
     report = await archive(
         settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event()
     )
@@ -177,20 +184,6 @@ async def _archived_count(url: URL, expected: int) -> bool:
     return int(rows[0]["n"]) == expected
 
 
-async def test_an_archive_dry_run_counts_and_lists_but_publishes_and_changes_nothing(
-    settings: Settings, database_url: URL, amqp_url: str
-) -> None:
-    groups = await _idle_and_busy(database_url)
-    before = await statuses(database_url)
-    report = await archive(
-        settings, idle_for=timedelta(days=100), dry_run=True, stop=asyncio.Event()
-    )
-    assert (report.candidates, report.seen, report.published) == (6, 6, 0)
-    assert {e["conversation_id"] for e in report.examples} == {str(i) for i in groups["idle"]}
-    assert await queue_depth(amqp_url) == 0
-    assert await statuses(database_url) == before
-
-
 async def test_an_archive_whose_broker_fails_midway_counts_only_what_was_confirmed_and_stops(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
@@ -216,6 +209,27 @@ async def test_an_archive_whose_broker_fails_midway_counts_only_what_was_confirm
     # confirm lost with the channel (at least once: a rerun sends them again).
     depth = await queue_depth(amqp_url)
     assert report.published <= depth <= report.published + report.failed
+
+
+async def test_an_archive_stopped_midway_stops_after_the_events_in_hand(
+    settings: Settings, database_url: URL, amqp_url: str
+) -> None:
+    await fill(database_url, conversations=5000, messages_each=0, status="active", updated_at=None)
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=stop)
+    )
+
+    async def under_way() -> bool:
+        return running.done() or await queue_depth(amqp_url) >= 200
+
+    await wait_for(under_way, what="the archive under way")
+    stop.set()  # what SIGINT and SIGTERM do (worker.tools.retention.stopping)
+    report = await asyncio.wait_for(running, timeout=60)
+    assert (report.interrupted, report.stop_reason, report.failed) == (True, "signal", 0)
+    assert 200 <= report.published < 5000
+    assert report.seen == report.published
+    assert await queue_depth(amqp_url) == report.published
 
 
 # --- purge -----------------------------------------------------------------
