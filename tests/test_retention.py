@@ -348,6 +348,36 @@ async def test_the_delete_checks_again_and_spares_a_row_changed_after_the_batch_
     assert await messages_by_conversation(database_url) == {changed: 3}
 
 
+async def test_a_batch_out_of_time_is_halved_one_out_of_lock_time_retried_then_given_up(
+    purge_settings: Settings, database_url: URL
+) -> None:
+    ids = sorted(
+        await fill(
+            database_url, conversations=8, messages_each=2, status="archived", updated_at=LONG_AGO
+        )
+    )
+    connection, transaction = await _lock_row(database_url, ids[0])  # in every batch
+    try:
+        statement = Bounds(conversations=8, messages=100, timeout_s=0.3, lock_timeout_s=30)
+        timed_out = await purge(
+            purge_settings, cutoff=CUTOFF, bounds=statement, dry_run=False, stop=asyncio.Event()
+        )
+        lock = Bounds(conversations=8, messages=100, timeout_s=30, lock_timeout_s=0.1)
+        locked_out = await purge(
+            purge_settings, cutoff=CUTOFF, bounds=lock, dry_run=False, stop=asyncio.Event()
+        )
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    # 8, 4, 2, then 1 conversation: still out of time, so it gives up.
+    assert (timed_out.stop_reason, timed_out.retries, timed_out.batch_size) == ("retries", 4, 1)
+    assert timed_out.last_error == "57014: canceling statement due to statement timeout"
+    assert (locked_out.stop_reason, locked_out.retries, locked_out.batch_size) == ("retries", 5, 8)
+    assert str(locked_out.last_error).startswith("55P03: canceling statement due to lock timeout")
+    assert timed_out.conversations == locked_out.conversations == 0
+    assert await messages_by_conversation(database_url) == {i: 2 for i in ids}
+
+
 def _purge_command(*arguments: str) -> list[str]:
     return [
         sys.executable,

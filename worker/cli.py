@@ -188,7 +188,7 @@ def _add_retention_commands(
         "--idle-for (or that has none) and publishes conversation.archived for it through "
         "chat.events, with confirms, for the workers to store. Needs CHATSTORE_DATABASE_URL "
         "(read only) and CHATSTORE_AMQP_URL (a user that may publish to chat.events). "
-        "Interrupted, it stops after the event in hand; run it again to go on.",
+        "SIGINT or SIGTERM stops it after the events in hand; run it again to go on.",
     )
     archive.add_argument(
         "--idle-for",
@@ -203,11 +203,11 @@ def _add_retention_commands(
     purge = commands.add_parser(
         "purge",
         help="delete archived conversations and their messages, in batches",
-        description="Deletes every conversation archived, with its last message, before "
-        "--archived-before, and its messages, in batches of whole conversations, each its "
-        "own transaction. Runs as the maintenance role: CHATSTORE_MAINTENANCE_DATABASE_URL. "
-        "Never touches an active conversation. SIGINT or SIGTERM stops it after the batch in "
-        "hand commits; run it again to go on.",
+        description="Deletes every archived conversation whose archive and last message "
+        "are both older than --archived-before, with its messages, in batches of whole "
+        "conversations, each its own transaction. Runs as the maintenance role: "
+        "CHATSTORE_MAINTENANCE_DATABASE_URL. Never touches an active conversation. "
+        "SIGINT or SIGTERM stops it after the batch in hand commits; run it again to go on.",
     )
     purge.add_argument(
         "--archived-before",

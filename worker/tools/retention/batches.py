@@ -138,8 +138,9 @@ async def run_batch(
     await connection.execute(
         _TIMEOUTS,
         {
-            "statement_ms": str(int(bounds.timeout_s * 1000)),
-            "lock_ms": str(int(bounds.lock_timeout_s * 1000)),
+            # At least 1 ms: 0 would turn the timeout off.
+            "statement_ms": str(max(1, round(bounds.timeout_s * 1000))),
+            "lock_ms": str(max(1, round(bounds.lock_timeout_s * 1000))),
         },
     )
     values: dict[str, Any] = {

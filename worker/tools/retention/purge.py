@@ -43,7 +43,7 @@ from worker.settings import Settings
 from worker.tools.progress import Progress
 from worker.tools.retention.batches import COUNT_CANDIDATES, BatchResult, Bounds, run_batch
 from worker.tools.retention.stopping import stop_on_signals
-from worker.unavailable import ServiceUnavailableError, describe, postgres_at, using_postgres
+from worker.unavailable import ServiceUnavailableError, postgres_at, short, using_postgres
 
 log = structlog.get_logger("chatstore.purge")
 
@@ -184,7 +184,7 @@ async def purge(
                         raise
                     failures += 1
                     report.retries += 1
-                    report.last_error = describe(error)
+                    report.last_error = f"{code}: {short(_innermost(error))}"
                     if failures >= RETRIES_IN_A_ROW or (code == _TIMED_OUT and bounds.smallest):
                         report.interrupted, report.stop_reason = True, "retries"
                         break
@@ -196,7 +196,7 @@ async def purge(
                         batch_size=bounds.conversations,
                         batch_messages=bounds.messages,
                     )
-                    await _pause(stop, 0.2 * failures)
+                    await _pause(stop, 0.1 * failures)
                     continue
                 failures = 0
                 if result.last_id is None:
@@ -222,6 +222,13 @@ async def purge(
     report.batch_size, report.batch_messages = bounds.conversations, bounds.messages
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrappers, whose message is the server's."""
+    while (inner := getattr(error, "orig", None) or error.__cause__) is not None:
+        error = inner
+    return error
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
