@@ -1,9 +1,11 @@
 """Least privilege, on the real servers, with the files a deployment uses.
 
 PostgreSQL: deploy/postgres/roles.sql and grants.sql make a migrator that
-owns the tables and a worker that may only read, insert, and update the
-columns it updates. RabbitMQ: deploy/rabbitmq/definitions.json gives each
-user the permissions of its job. The worker runs under both, and each role
+owns the tables, a worker that may only read, insert, and update the
+columns it updates, and a maintenance role (``chatstore purge``) that may
+only delete conversations and read the columns that choose them.
+RabbitMQ: deploy/rabbitmq/definitions.json gives each user the permissions
+of its job. The worker runs under both, and each role
 is shown to be refused what it must not do.
 """
 
@@ -13,10 +15,12 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -38,10 +42,11 @@ from tests.harness import (
     table_has,
     take_dead_letters,
     wait_for,
+    worker_environment,
     worker_settings,
 )
 from tests.services import Services
-from worker import migrate, topology
+from worker import exits, migrate, topology
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROLES_SQL = DEPLOY / "postgres" / "roles.sql"
@@ -64,6 +69,7 @@ DEV_PASSWORDS = {
 class Roles:
     migrator: URL
     worker: URL
+    maintenance: URL
 
 
 def _psql(url: URL, script: Path, **variables: str) -> None:
@@ -89,10 +95,11 @@ async def _superuser(url: URL, sql: str) -> None:
 
 @pytest.fixture
 async def roles(empty_database_url: URL, services_admin_url: URL) -> AsyncIterator[Roles]:
-    """A migrator and a worker role made by roles.sql, the schema migrated by the
-    migrator, and grants.sql applied: the deployment's steps, in order."""
+    """A migrator, a worker and a maintenance role made by roles.sql, the schema
+    migrated by the migrator, and grants.sql applied: the deployment's steps, in order."""
     suffix = uuid.uuid4().hex[:10]
     migrator, worker = f"chatstore_migrator_{suffix}", f"chatstore_worker_{suffix}"
+    maintenance = f"chatstore_maintenance_{suffix}"
     database = str(empty_database_url.database)
     await asyncio.to_thread(
         _psql,
@@ -103,15 +110,25 @@ async def roles(empty_database_url: URL, services_admin_url: URL) -> AsyncIterat
         migrator_password=f"m-{suffix}",
         worker=worker,
         worker_password=f"w-{suffix}",
+        maintenance=maintenance,
+        maintenance_password=f"p-{suffix}",
     )
     as_migrator = empty_database_url.set(username=migrator, password=f"m-{suffix}")
     try:
         await asyncio.to_thread(migrate.upgrade, as_migrator)
-        await asyncio.to_thread(_psql, as_migrator, GRANTS_SQL, worker=worker)
-        yield Roles(as_migrator, empty_database_url.set(username=worker, password=f"w-{suffix}"))
+        await asyncio.to_thread(
+            _psql, as_migrator, GRANTS_SQL, worker=worker, maintenance=maintenance
+        )
+        yield Roles(
+            as_migrator,
+            empty_database_url.set(username=worker, password=f"w-{suffix}"),
+            empty_database_url.set(username=maintenance, password=f"p-{suffix}"),
+        )
     finally:
-        await _superuser(empty_database_url, f'DROP OWNED BY "{migrator}", "{worker}"')
-        await _superuser(services_admin_url, f'DROP ROLE "{migrator}", "{worker}"')
+        await _superuser(
+            empty_database_url, f'DROP OWNED BY "{migrator}", "{worker}", "{maintenance}"'
+        )
+        await _superuser(services_admin_url, f'DROP ROLE "{migrator}", "{worker}", "{maintenance}"')
 
 
 async def test_the_worker_role_holds_exactly_the_grants_of_its_statements(roles: Roles) -> None:
@@ -190,6 +207,149 @@ async def test_the_worker_role_cannot_drop_delete_or_rewrite(roles: Roles) -> No
     finally:
         await connection.close()
     assert allowed == []
+
+
+async def _privileges(roles: Roles, role: URL) -> set[tuple[str, ...]]:
+    """Every privilege ``role`` holds on a table or a column, as (table, [column,] privilege)."""
+    tables = await fetch_all(
+        roles.migrator,
+        "SELECT table_name, privilege_type FROM information_schema.table_privileges"
+        " WHERE grantee = $1",
+        str(role.username),
+    )
+    columns = await fetch_all(
+        roles.migrator,
+        "SELECT table_name, column_name, privilege_type FROM information_schema.column_privileges"
+        " WHERE grantee = $1",
+        str(role.username),
+    )
+    return {(r["table_name"], r["privilege_type"]) for r in tables} | {
+        (r["table_name"], r["column_name"], r["privilege_type"]) for r in columns
+    }
+
+
+async def test_the_maintenance_role_holds_exactly_what_purge_needs(roles: Roles) -> None:
+    assert await _privileges(roles, roles.maintenance) == {
+        ("conversations", "DELETE"),
+        ("conversations", "id", "SELECT"),
+        ("conversations", "status", "SELECT"),
+        ("conversations", "updated_at", "SELECT"),
+        ("messages", "conversation_id", "SELECT"),
+    }
+
+
+MAINTENANCE_FORBIDDEN = [
+    "DELETE FROM messages",
+    "TRUNCATE conversations",
+    "UPDATE conversations SET status = 'active'",
+    "INSERT INTO conversations (id, user_id) VALUES (gen_random_uuid(), 'alice')",
+    "SELECT content FROM messages",
+    "SELECT user_id FROM conversations",
+    "SELECT * FROM users",
+    "DELETE FROM users",
+    "SELECT id FROM conversations FOR UPDATE",
+    "SELECT * FROM alembic_version",
+    "DROP TABLE messages",
+    "CREATE TABLE evil (id integer)",
+]
+
+
+async def test_the_maintenance_role_cannot_write_anything_but_a_delete_nor_read_content(
+    roles: Roles,
+) -> None:
+    connection = await asyncpg.connect(dsn(roles.maintenance))
+    allowed = []
+    try:
+        for statement in MAINTENANCE_FORBIDDEN:
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                await connection.execute(statement)
+                allowed.append(statement)
+            except asyncpg.InsufficientPrivilegeError:
+                pass
+            finally:
+                await transaction.rollback()
+    finally:
+        await connection.close()
+    assert allowed == []
+
+
+async def _archived_with_messages(roles: Roles, *, status: str, days_ago: int) -> uuid.UUID:
+    (row,) = await fetch_all(
+        roles.migrator,
+        "INSERT INTO conversations (id, user_id, status, created_at, updated_at)"
+        " VALUES (gen_random_uuid(), 'alice', $1, now() - make_interval(days => $2),"
+        "         now() - make_interval(days => $2)) RETURNING id",
+        status,
+        days_ago,
+    )
+    await fetch_all(
+        roles.migrator,
+        "INSERT INTO messages (id, conversation_id, user_id, role, content, created_at)"
+        " SELECT gen_random_uuid(), $1, 'alice', 'user', 'hi', now() - make_interval(days => $2)"
+        " FROM generate_series(1, 3)",
+        row["id"],
+        days_ago,
+    )
+    return uuid.UUID(str(row["id"]))
+
+
+async def test_purge_runs_as_the_maintenance_role_and_the_worker_role_is_refused_in_one_line(
+    roles: Roles, tmp_path: Path
+) -> None:
+    await add_users(roles.migrator, "alice")
+    await _archived_with_messages(roles, status="archived", days_ago=200)
+    active = await _archived_with_messages(roles, status="active", days_ago=200)
+    cutoff = (datetime.now(UTC) - timedelta(days=100)).isoformat()
+    settings = worker_settings(roles.worker, "amqp://guest:guest@localhost:5672/")
+
+    def purge_as(role: URL, *extra: str) -> subprocess.CompletedProcess[str]:
+        url = role.set(drivername="postgresql").render_as_string(hide_password=False)
+        return subprocess.run(
+            [sys.executable, "-m", "worker", "purge", "--archived-before", cutoff, *extra],
+            env=worker_environment(settings) | {"CHATSTORE_MAINTENANCE_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+        )
+
+    refused = await asyncio.to_thread(purge_as, roles.worker)
+    assert refused.returncode == exits.USAGE, refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert f"the role '{roles.worker.username}' may not purge" in refused.stderr
+    assert str(roles.worker.password) not in refused.stderr
+    assert await count(roles.migrator, "messages") == 6
+
+    done = await asyncio.to_thread(purge_as, roles.maintenance, "--json")
+    assert done.returncode == exits.OK, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["conversations"], report["messages"]) == (1, 3)
+    rows = await fetch_all(roles.migrator, "SELECT id FROM conversations")
+    assert [row["id"] for row in rows] == [active]
+    assert await count(roles.migrator, "messages") == 3
+
+
+async def test_the_scripts_without_a_maintenance_role_run_as_before_and_leave_it_alone(
+    roles: Roles, services_admin_url: URL
+) -> None:
+    """Deployments that run roles.sql and grants.sql as before (no -v maintenance)."""
+    before = await _privileges(roles, roles.maintenance)
+    await asyncio.to_thread(
+        _psql,
+        services_admin_url,
+        ROLES_SQL,
+        database=str(roles.migrator.database),
+        migrator=str(roles.migrator.username),
+        migrator_password=str(roles.migrator.password),
+        worker=str(roles.worker.username),
+        worker_password=str(roles.worker.password),
+    )
+    await asyncio.to_thread(_psql, roles.migrator, GRANTS_SQL, worker=str(roles.worker.username))
+    assert await _privileges(roles, roles.maintenance) == before
+    assert ("conversations", "DELETE") not in await _privileges(roles, roles.worker)
 
 
 # --- RabbitMQ ---------------------------------------------------------------

@@ -15,6 +15,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import aiormq
 import asyncpg
@@ -22,7 +23,7 @@ import sqlalchemy.exc
 import structlog
 
 from worker import exits
-from worker.arguments import positive_float, positive_int
+from worker.arguments import duration, instant, positive_float, positive_int
 from worker.logs import configure_logging
 from worker.redact import redact
 from worker.settings import ConfigurationError, Settings, load_settings
@@ -30,6 +31,7 @@ from worker.tools.bench import options as bench_options
 from worker.unavailable import ServiceUnavailableError, describe
 
 log = structlog.get_logger("chatstore.cli")
+T = TypeVar("T")
 
 # Failures of a connection that the code where it happened did not name (a
 # server dying in the middle of a command): still one line. Only connection
@@ -143,6 +145,120 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return run(settings, args)
 
 
+def _one_line_argument(
+    command: str, option: str, parse: Callable[[str], T], value: str
+) -> T | None:
+    """``parse(value)``, or None after one line on stderr (the caller exits 2)."""
+    try:
+        return parse(value)
+    except argparse.ArgumentTypeError as error:
+        print(f"chatstore: {command} {option}: {error}", file=sys.stderr)
+        return None
+
+
+def _archive(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.tools.retention import archive
+
+    idle_for = _one_line_argument("archive", "--idle-for", duration, args.idle_for)
+    if idle_for is None:
+        return exits.USAGE
+    report = asyncio.run(archive.run(settings, idle_for=idle_for, dry_run=args.dry_run))
+    print(archive.render(report, as_json=args.json))
+    return exits.OK if report.complete else exits.FAILURE
+
+
+def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.tools.retention import purge
+    from worker.tools.retention.batches import Bounds
+
+    cutoff = _one_line_argument("purge", "--archived-before", instant, args.archived_before)
+    if cutoff is None:
+        return exits.USAGE
+    try:
+        maintenance = settings.for_maintenance()
+    except ConfigurationError as error:
+        print(f"chatstore: {error}", file=sys.stderr)
+        return exits.USAGE
+    bounds = Bounds(args.batch_size, args.batch_messages, args.batch_timeout, args.lock_timeout)
+    report = asyncio.run(purge.run(maintenance, cutoff=cutoff, bounds=bounds, dry_run=args.dry_run))
+    print(purge.render(report, as_json=args.json))
+    return exits.FAILURE if report.interrupted else exits.OK
+
+
+def _add_retention_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    archive = commands.add_parser(
+        "archive",
+        help="publish conversation.archived for every active conversation idle for a while",
+        description="Finds every active conversation whose latest message is older than "
+        "--idle-for (or that has none) and publishes conversation.archived for it through "
+        "chat.events, with confirms, for the workers to store. Needs CHATSTORE_DATABASE_URL "
+        "(read only) and CHATSTORE_AMQP_URL (a user that may publish to chat.events). "
+        "SIGINT or SIGTERM stops it after the events in hand; run it again to go on.",
+    )
+    archive.add_argument(
+        "--idle-for",
+        required=True,
+        metavar="DURATION",
+        help="a whole number and d, h, m or s: 90d, 12h, 30m, 45s",
+    )
+    archive.add_argument("--dry-run", action="store_true", help="count and list, publish nothing")
+    archive.add_argument("--json", action="store_true", help="the report as one JSON object")
+    archive.set_defaults(run=_archive)
+
+    purge = commands.add_parser(
+        "purge",
+        help="delete archived conversations and their messages, in batches",
+        description="Deletes every archived conversation whose archive and last message "
+        "are both older than --archived-before, with its messages, in batches of whole "
+        "conversations, each its own transaction. Runs as the maintenance role: "
+        "CHATSTORE_MAINTENANCE_DATABASE_URL. Never touches an active conversation. "
+        "SIGINT or SIGTERM stops it after the batch in hand commits; run it again to go on.",
+    )
+    purge.add_argument(
+        "--archived-before",
+        required=True,
+        metavar="DATE",
+        help="an ISO date or date and time, UTC unless it has an offset: 2026-09-01, "
+        "2026-09-01T12:00:00+02:00",
+    )
+    purge.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=500,
+        metavar="N",
+        help="at most N conversations per batch (default 500)",
+    )
+    purge.add_argument(
+        "--batch-messages",
+        type=positive_int,
+        default=20_000,
+        metavar="N",
+        help="at most N messages per batch, unless one conversation holds more (default 20,000)",
+    )
+    purge.add_argument(
+        "--batch-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="statement_timeout of a batch, in seconds; one that runs out is tried again "
+        "at half the size (default 10)",
+    )
+    purge.add_argument(
+        "--lock-timeout",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="lock_timeout of a batch, in seconds; one that runs out is tried again (default 2)",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
+    purge.add_argument("--json", action="store_true", help="the report as one JSON object")
+    purge.set_defaults(run=_purge)
+
+
 def _add_dlq_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
     actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
@@ -204,6 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_options.add_arguments(bench_parser)
     bench_parser.set_defaults(run=_bench)
     _add_dlq_commands(commands)
+    _add_retention_commands(commands)
     demo = commands.add_parser(
         "demo", help="publish a realistic stream to a running worker and summarise the result"
     )

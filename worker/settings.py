@@ -24,7 +24,7 @@ import os
 from typing import Annotated, Any, Final, Literal, Self, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
@@ -67,6 +67,10 @@ def _postgres_url(value: str) -> str:
     if mode is not None and mode not in SSL_MODES:
         raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}")
     return value
+
+
+def _optional_postgres_url(value: str) -> str:
+    return _postgres_url(value) if value else value
 
 
 def _amqp_url(value: str) -> str:
@@ -123,6 +127,13 @@ class Settings(BaseSettings):
         "postgresql://postgres@localhost:5432/chatstore"
     )
     amqp_url: Annotated[str, AfterValidator(_amqp_url)] = "amqp://guest:guest@localhost:5672/"
+    maintenance_database_url: Annotated[str, AfterValidator(_optional_postgres_url)] = ""
+    """The maintenance role's URL, for ``chatstore purge`` only; empty: not configured.
+
+    The same database as ``database_url`` under another role, the only one of
+    chatstore's that may delete (deploy/postgres/roles.sql). The TLS settings
+    apply to it too.
+    """
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     batch_max_size: int = Field(default=500, ge=1, le=10_000)
@@ -151,6 +162,8 @@ class Settings(BaseSettings):
     """CA bundle for amqps://; empty: the system's trust store."""
     amqp_certfile: CertificatePath = ""
     amqp_keyfile: CertificatePath = ""
+    # The TLS fields _database_tls took from the database URL's parameters.
+    _from_url: set[str] = PrivateAttr(default_factory=set)
 
     @model_validator(mode="after")
     def _prefetch_covers_a_batch(self) -> Self:
@@ -179,6 +192,7 @@ class Settings(BaseSettings):
                             f"CHATSTORE_DATABASE_URL: parameter {name} names no readable file"
                         ) from None
                 setattr(self, field, value)
+                self._from_url.add(field)
         if bool(self.database_sslcert) != bool(self.database_sslkey):
             raise ValueError("CHATSTORE_DATABASE_SSLCERT and _SSLKEY go together: set both")
         return self
@@ -192,6 +206,20 @@ class Settings(BaseSettings):
         if given:  # otherwise leave the URLs exactly as they were written
             self.amqp_url = ",".join(with_tls)
         return self
+
+    def for_maintenance(self) -> Settings:
+        """These settings with the maintenance role's URL as the database's (``chatstore purge``).
+
+        Read like the worker's URL: libpq parameters in it apply unless their
+        variable is set. Parameters of the worker's URL do not carry over.
+        """
+        if not self.maintenance_database_url:
+            raise ConfigurationError(
+                "CHATSTORE_MAINTENANCE_DATABASE_URL: not set; purge runs as the maintenance "
+                "role, the one that may delete (see docs/DEPLOYMENT.md)"
+            )
+        given = {name: getattr(self, name) for name in self.model_fields_set - self._from_url}
+        return load_settings(**(given | {"database_url": self.maintenance_database_url}))
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
@@ -209,7 +237,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """The passwords in the configured URLs, for :mod:`worker.redact`."""
-        urls = (self.database_url, *self.amqp_urls)
+        urls = (self.database_url, self.maintenance_database_url, *self.amqp_urls)
         return [p for url in urls if (p := url_password(url))]
 
     def __repr_args__(self) -> Any:

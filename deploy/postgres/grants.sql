@@ -2,7 +2,10 @@
 -- Run by the migrator (the tables' owner) after every `chatstore migrate`:
 --
 --   psql "$MIGRATOR_URL" --no-psqlrc -v ON_ERROR_STOP=1 -v worker=chatstore_worker \
---     -f deploy/postgres/grants.sql
+--     [-v maintenance=chatstore_maintenance] -f deploy/postgres/grants.sql
+--
+-- With -v maintenance=ROLE it also grants `chatstore purge`'s role its own,
+-- in the block at the end of this file.
 --
 -- The statements of worker/ingest/store.py, and the privilege each needs:
 --   SELECT ... FROM users                                  SELECT on users
@@ -35,3 +38,24 @@ WHERE pg_has_role(
 ) \gexec
 
 COMMIT;
+
+-- ==== The maintenance role: `chatstore purge` (only with -v maintenance=ROLE) ====
+-- The statements of worker/tools/retention/batches.py and purge.py, and the
+-- privilege each needs:
+--   has_table_privilege / has_column_privilege (its own check)   nothing
+--   SELECT count(*) FROM conversations WHERE status, updated_at  SELECT (id, status, updated_at)
+--   SELECT count(*) FROM messages WHERE conversation_id = ...    SELECT (conversation_id)
+--   DELETE FROM conversations ... RETURNING id                   DELETE on conversations
+-- The messages go by ON DELETE CASCADE, which PostgreSQL runs with the
+-- privileges of the table's owner: no DELETE on messages. No UPDATE, no
+-- INSERT, no TRUNCATE, nothing on users or alembic_version, and not even the
+-- content of a message can be read.
+\if :{?maintenance}
+BEGIN;
+REVOKE ALL ON TABLE conversations, messages, alembic_version FROM :"maintenance";
+GRANT SELECT (id, status, updated_at) ON TABLE conversations TO :"maintenance";
+GRANT DELETE ON TABLE conversations TO :"maintenance";
+GRANT SELECT (conversation_id) ON TABLE messages TO :"maintenance";
+COMMIT;
+\endif
+-- ==== end of the maintenance role ====

@@ -6,11 +6,14 @@
 --     -v database=chatstore \
 --     -v migrator=chatstore_migrator -v migrator_password="$MIGRATOR_PASSWORD" \
 --     -v worker=chatstore_worker -v worker_password="$WORKER_PASSWORD" \
+--     -v maintenance=chatstore_maintenance -v maintenance_password="$MAINTENANCE_PASSWORD" \
 --     -f deploy/postgres/roles.sql
 --
 -- The migrator owns chatstore's tables: `chatstore migrate` runs as it. The
 -- worker owns nothing; deploy/postgres/grants.sql, run by the migrator after
--- each migration, gives it exactly what it needs on the tables.
+-- each migration, gives it exactly what it needs on the tables. The
+-- maintenance role (`chatstore purge`, the only role of chatstore's that may
+-- delete) is made only when `-v maintenance=` is given, and also owns nothing.
 \set ON_ERROR_STOP on
 
 SELECT format('CREATE ROLE %I', :'migrator')
@@ -37,6 +40,16 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'database', :'migrator')
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'database') \gexec
 GRANT CONNECT ON DATABASE :"database" TO :"migrator", :"worker";
 
+-- The maintenance role, for `chatstore purge`: only with -v maintenance=NAME.
+\if :{?maintenance}
+SELECT format('CREATE ROLE %I', :'maintenance')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'maintenance') \gexec
+ALTER ROLE :"maintenance" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+    NOBYPASSRLS PASSWORD :'maintenance_password';
+-- Purge sets statement_timeout and lock_timeout per batch itself; no role setting.
+GRANT CONNECT ON DATABASE :"database" TO :"maintenance";
+\endif
+
 \connect :"database"
 -- The migrator creates chatstore's tables in the public schema and so owns
 -- them; the worker may only look them up. PostgreSQL 15 gives nobody CREATE
@@ -44,3 +57,6 @@ GRANT CONNECT ON DATABASE :"database" TO :"migrator", :"worker";
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA public TO :"migrator";
 GRANT USAGE ON SCHEMA public TO :"worker";
+\if :{?maintenance}
+GRANT USAGE ON SCHEMA public TO :"maintenance";
+\endif
