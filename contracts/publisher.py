@@ -191,7 +191,16 @@ class Publisher:
             raise RuntimeError("Publisher.publish after close")
         outgoing = _Outgoing(event, trace_headers())  # the caller's context, before any await
         exchange = await self._ready_exchange()
-        await self._publish_confirmed(exchange, outgoing)
+        try:
+            await self._publish_confirmed(exchange, outgoing)
+        except _UnroutableError:
+            raise  # the channel is fine: nothing is bound for the type
+        except Exception:
+            # The channel went with this error, perhaps its connection too:
+            # the next call starts on new ones instead of failing on these.
+            self._exchange = None
+            await self._drop_connection()
+            raise
         self.stats.sent += 1
 
     async def close(self, timeout_s: float = 10.0) -> CloseReport:

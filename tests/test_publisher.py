@@ -97,6 +97,23 @@ async def test_publish_after_close_raises_and_sends_nothing(amqp_url: str) -> No
     assert [decode(letter.body).data.content for letter in letters] == ["hello 1"]  # type: ignore[union-attr]
 
 
+async def test_publish_after_a_failed_publish_starts_on_a_new_channel(amqp_url: str) -> None:
+    await declare_topology(amqp_url)
+    async with Publisher(amqp_url) as publisher:
+        await publisher.publish(new_message(1))
+        connection = await aio_pika.connect(amqp_url)
+        async with connection, connection.channel() as channel:
+            await channel.exchange_delete(topology.EXCHANGE)
+        # The broker closes the channel of a publish to a missing exchange.
+        with pytest.raises(aio_pika.exceptions.ChannelClosed):
+            await publisher.publish(new_message(2))
+        await declare_topology(amqp_url)
+        await publisher.publish(new_message(3))  # not the dead channel again
+        letters = await take_all(amqp_url, topology.QUEUE)
+    contents = [decode(letter.body).data.content for letter in letters]  # type: ignore[union-attr]
+    assert contents == ["hello 1", "hello 3"]
+
+
 async def test_with_block_enqueue_waits_for_room_instead_of_dropping() -> None:
     publisher = Publisher(unreachable_url(), buffer_size=10, when_full=WhenFull.BLOCK)
     await publisher.start()
