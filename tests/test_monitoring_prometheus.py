@@ -216,7 +216,8 @@ async def test_the_not_ready_alert_fires_while_postgresql_is_stopped_and_resolve
     print(
         f"\n{ALERT}: {' -> '.join(states)} {fired_after_s:.1f} s after PostgreSQL stopped; "
         f"resolved {resolved_after_s:.1f} s after it was back; "
-        f"test {time.monotonic() - started:.1f} s"
+        f"test {time.monotonic() - started:.1f} s\n"
+        f"/api/v1/alerts while firing: {json.dumps(alert, sort_keys=True)}"
     )
 
 
