@@ -127,7 +127,10 @@ def tree(spans: InMemorySpanExporter, root: ReadableSpan) -> str:
 
     def line(span: ReadableSpan, depth: int) -> list[str]:
         assert span.context is not None
-        own = [f"{'  ' * depth}{span.name} [{span.kind.name}] span {span.context.span_id:016x}"]
+        own = [
+            f"{'  ' * depth}{span.name} [{span.kind.name}] span {span.context.span_id:016x} "
+            f"{span.status.status_code.name} {dict(span.attributes or {})}"
+        ]
         own += [
             f"{'  ' * depth}  link -> trace {link.context.trace_id:032x} span "
             f"{link.context.span_id:016x} {dict(link.attributes or {})}"
