@@ -144,6 +144,8 @@ class Publisher:
         self._exchange: AbstractExchange | None = None
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = False
+        self._opening = asyncio.Lock()
         self.stats = PublisherStats()
 
     async def __aenter__(self) -> Self:
@@ -191,15 +193,19 @@ class Publisher:
             raise RuntimeError("Publisher.publish after close")
         outgoing = _Outgoing(event, trace_headers())  # the caller's context, before any await
         exchange = await self._ready_exchange()
+        if self._closed:  # close() ran while this call connected
+            await self._drop_connection()
+            raise RuntimeError("Publisher.publish after close")
         try:
             await self._publish_confirmed(exchange, outgoing)
-        except _UnroutableError:
-            raise  # the channel is fine: nothing is bound for the type
+        except (_UnroutableError, aiormq.exceptions.DeliveryError):
+            raise  # the broker answered (returned, or nacked it): the channel is fine
         except Exception:
-            # The channel went with this error, perhaps its connection too:
-            # the next call starts on new ones instead of failing on these.
-            self._exchange = None
-            await self._drop_connection()
+            # The channel went with this error. Only it is given up: the
+            # connection, which the background sender shares, is dropped by
+            # whoever next fails to open a channel on it.
+            if self._exchange is exchange:
+                self._exchange = None
             raise
         self.stats.sent += 1
 
@@ -216,6 +222,7 @@ class Publisher:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
+        self._closed = True
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
@@ -236,12 +243,27 @@ class Publisher:
             self._drops_since_log = 0
 
     async def _ready_exchange(self) -> AbstractExchange:
-        if self._exchange is None or self._connection is None or self._connection.is_closed:
-            self._connection = await self._connect()
-            channel: AbstractChannel = await self._connection.channel(publisher_confirms=True)
-            # The runtime may only write to chat.events: it never declares it.
-            self._exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        return self._exchange
+        # One caller at a time opens what is missing: concurrent publish()
+        # calls after a failure share one new channel instead of each
+        # opening (and leaking) a connection of its own.
+        async with self._opening:
+            if self._exchange is not None and not (
+                self._connection is None or self._connection.is_closed
+            ):
+                return self._exchange
+            self._exchange = None
+            if self._connection is None or self._connection.is_closed:
+                self._connection = await self._connect()
+            try:
+                channel: AbstractChannel = await self._connection.channel(publisher_confirms=True)
+                # The runtime may only write to chat.events: it never declares it.
+                self._exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+            except Exception:
+                # A connection that cannot open a channel is gone, whatever
+                # aio-pika says: the next attempt connects anew.
+                await self._drop_connection()
+                raise
+            return self._exchange
 
     async def _connect(self) -> AbstractConnection:
         """A connection to the next node that answers, each tried once; else the last error."""

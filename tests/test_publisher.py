@@ -114,6 +114,33 @@ async def test_publish_after_a_failed_publish_starts_on_a_new_channel(amqp_url: 
     assert contents == ["hello 1", "hello 3"]
 
 
+async def test_concurrent_publishes_after_a_failure_share_one_new_channel(amqp_url: str) -> None:
+    await declare_topology(amqp_url)
+    async with Publisher(amqp_url) as publisher:
+        await publisher.publish(new_message(0))
+        connects = 0
+        connect = publisher._connect
+
+        async def counted_connect() -> aio_pika.abc.AbstractConnection:
+            nonlocal connects
+            connects += 1
+            return await connect()
+
+        publisher._connect = counted_connect  # type: ignore[method-assign]
+        connection = await aio_pika.connect(amqp_url)
+        async with connection, connection.channel() as channel:
+            await channel.exchange_delete(topology.EXCHANGE)
+        with pytest.raises(aio_pika.exceptions.ChannelClosed):
+            await publisher.publish(new_message(1))
+        await declare_topology(amqp_url)
+        await asyncio.gather(*(publisher.publish(new_message(n)) for n in range(2, 22)))
+        # The connection survived the channel: a new channel, not 20 connections.
+        assert connects == 0
+        letters = await take_all(amqp_url, topology.QUEUE)
+    contents = {decode(letter.body).data.content for letter in letters}  # type: ignore[union-attr]
+    assert contents == {f"hello {n}" for n in [0, *range(2, 22)]}
+
+
 async def test_with_block_enqueue_waits_for_room_instead_of_dropping() -> None:
     publisher = Publisher(unreachable_url(), buffer_size=10, when_full=WhenFull.BLOCK)
     await publisher.start()
