@@ -458,19 +458,54 @@ def test_the_worker_configures_the_sdk_only_when_the_environment_asks_for_traces
     assert "probe-span" not in not_asked.stdout
 
 
-def test_an_exporter_that_is_not_installed_stops_the_worker_with_one_line_and_exit_2() -> None:
-    result = subprocess.run(
+def _worker_command(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "worker", "worker"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "zipkin_json"},
+        env={"PATH": "/usr/bin:/bin", **environment},
         timeout=60,
     )
+
+
+def test_an_exporter_that_is_not_installed_stops_the_worker_with_one_line_and_exit_2() -> None:
+    result = _worker_command({"OTEL_TRACES_EXPORTER": "zipkin_json"})
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "chatstore: OTEL_TRACES_EXPORTER: no exporter 'zipkin_json' is installed "
         "(for otlp: pip install opentelemetry-exporter-otlp)"
+    ]
+
+
+def test_a_span_limit_that_is_not_a_number_stops_the_worker_with_one_line_and_exit_2() -> None:
+    for variable in ["OTEL_SPAN_LINK_COUNT_LIMIT", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"]:
+        result = _worker_command({"OTEL_TRACES_EXPORTER": "console", variable: "abc"})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"chatstore: {variable} must be a non-negative integer but got abc"
+        ]
+
+
+def test_an_exporter_whose_own_import_fails_stops_the_worker_with_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # An installed exporter package whose dependency is missing, as the
+    # gRPC exporter is without grpcio: its entry point is found, its import fails.
+    (tmp_path / "broken_exporter.py").write_text("import grpc_is_not_installed\n")
+    dist_info = tmp_path / "broken_exporter-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-exporter\nVersion: 1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        "[opentelemetry_traces_exporter]\nbroken = broken_exporter:BrokenExporter\n"
+    )
+    result = _worker_command({"OTEL_TRACES_EXPORTER": "broken", "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "chatstore: OTEL_TRACES_EXPORTER: the exporter 'broken' could not be set up: "
+        "ModuleNotFoundError: No module named 'grpc_is_not_installed'"
     ]
 
 

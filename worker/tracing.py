@@ -41,13 +41,19 @@ def requested_exporters(environ: Mapping[str, str]) -> list[str]:
     return [] if names == ["none"] else names
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line, for the one-line error of bad configuration."""
+    return " ".join(str(error).split())
+
+
 def configure(*, links_per_span: int) -> bool:
     """Install a tracer provider as the environment asks; True if one was installed.
 
     ``links_per_span`` is the batch size, the most links a ``process`` span
     can have: the SDK's default limit (128) would drop the rest, so it is
     raised to it unless ``OTEL_SPAN_LINK_COUNT_LIMIT`` says otherwise.
-    Raises :class:`ConfigurationError` for an exporter that is not installed.
+    Raises :class:`ConfigurationError` for an exporter that is not installed
+    or cannot be set up, and for a span limit that is not a number.
     """
     names = requested_exporters(os.environ)
     if not names:
@@ -63,6 +69,10 @@ def configure(*, links_per_span: int) -> bool:
             note="OTEL_TRACES_EXPORTER is set, but the otel extra is not installed",
         )
         return False
+    except ValueError as error:
+        # The SDK reads some span limits at import, and its message names
+        # the variable ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT must be ...").
+        raise ConfigurationError(_one_line(error)) from error
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         log.info("tracing.provider_kept", note="a tracer provider is configured already")
         return False
@@ -75,13 +85,27 @@ def configure(*, links_per_span: int) -> bool:
                 f"OTEL_TRACES_EXPORTER: no exporter {name!r} is installed "
                 f"(for otlp: pip install opentelemetry-exporter-otlp)"
             )
-        exporters.append(next(iter(found)).load()())
+        try:
+            exporters.append(next(iter(found)).load()())
+        except Exception as error:
+            # Third-party code: its own import may fail (a missing grpcio) or
+            # its constructor refuse its OTEL_EXPORTER_* settings, in ways no
+            # list of exception types would cover; any of them means the
+            # exporter asked for cannot run, which is bad configuration.
+            raise ConfigurationError(
+                f"OTEL_TRACES_EXPORTER: the exporter {name!r} could not be set up: "
+                f"{type(error).__name__}: {_one_line(error)}"
+            ) from error
 
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "chatstore"}))
     limit = None if "OTEL_SPAN_LINK_COUNT_LIMIT" in os.environ else max(128, links_per_span)
-    provider = TracerProvider(resource=resource, span_limits=SpanLimits(max_links=limit))
+    try:
+        limits = SpanLimits(max_links=limit)
+    except ValueError as error:  # the SDK's message names the variable
+        raise ConfigurationError(_one_line(error)) from error
+    provider = TracerProvider(resource=resource, span_limits=limits)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)  # shut down (flushed) at exit by the SDK
