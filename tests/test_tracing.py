@@ -423,9 +423,15 @@ async def test_without_opentelemetry_the_publisher_and_the_worker_work_as_before
     assert await take_dead_letters(amqp_url) == []
 
 
-def _configure_in_a_process(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _configure_in_a_process(
+    environment: dict[str, str], *, provider_first: bool = False
+) -> subprocess.CompletedProcess[str]:
+    # provider_first: a provider is set before, as opentelemetry-instrument does.
     probe = (
         "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        f"if {provider_first}:\n"
+        "    trace.set_tracer_provider(TracerProvider())\n"
         "from worker.tracing import configure\n"
         "print('CONFIGURED', configure(links_per_span=500))\n"
         "provider = trace.get_tracer_provider()\n"
@@ -456,6 +462,29 @@ def test_the_worker_configures_the_sdk_only_when_the_environment_asks_for_traces
     assert not_asked.returncode == 0, not_asked.stderr
     assert "CONFIGURED False" in not_asked.stdout
     assert "probe-span" not in not_asked.stdout
+
+
+def test_a_link_limit_below_the_batch_size_is_logged_for_a_kept_or_an_own_provider() -> None:
+    kept = _configure_in_a_process({}, provider_first=True)  # the SDK's default: 128
+    assert kept.returncode == 0, kept.stderr
+    assert "CONFIGURED False" in kept.stdout
+    assert "LINKS 128" in kept.stdout
+    (warning,) = [line for line in kept.stdout.splitlines() if "tracing.link_limit_low" in line]
+    assert "limit=128" in warning
+    assert "batch_size=500" in warning
+
+    enough = _configure_in_a_process({"OTEL_SPAN_LINK_COUNT_LIMIT": "500"}, provider_first=True)
+    assert enough.returncode == 0, enough.stderr
+    assert "LINKS 500" in enough.stdout
+    assert "tracing.link_limit_low" not in enough.stdout + enough.stderr
+
+    own = _configure_in_a_process(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_SPAN_LINK_COUNT_LIMIT": "100"}
+    )
+    assert own.returncode == 0, own.stderr
+    assert "CONFIGURED True" in own.stdout
+    assert "LINKS 100" in own.stdout
+    assert "tracing.link_limit_low" in own.stdout
 
 
 def _worker_command(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
