@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 import yarl
 from opentelemetry import context, trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 from sqlalchemy.engine import URL
+from structlog.testing import capture_logs
 
 from contracts import MessageCreated, Publisher, conversation_archived, message_created
 from tests.db import fetch_all
@@ -35,13 +36,14 @@ from tests.events import message_created as message_created_dict
 from tests.harness import (
     count,
     publish,
+    queue_depth,
     queue_has,
     running_worker,
     table_has,
     take_dead_letters,
     wait_for,
 )
-from worker import topology
+from worker import exits, topology
 from worker.ingest import tracing
 from worker.settings import Settings
 from worker.tracing import requested_exporters
@@ -73,8 +75,23 @@ class _Switch(Sampler):
         return "on while a tracing test runs"
 
 
+class _Faulty(SpanProcessor):
+    """A buggy span processor: raises in ``on_start`` or ``on_end`` while told to."""
+
+    fails_in: str | None = None
+
+    def on_start(self, span: Span, parent_context: context.Context | None = None) -> None:
+        if self.fails_in == "on_start":
+            raise RuntimeError("a buggy span processor's on_start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.fails_in == "on_end":
+            raise RuntimeError("a buggy span processor's on_end")
+
+
 _SWITCH = _Switch()
 _EXPORTER = InMemorySpanExporter()
+_FAULTY = _Faulty()
 
 
 @pytest.fixture
@@ -83,6 +100,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider(sampler=_SWITCH)
         provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        provider.add_span_processor(_FAULTY)  # after the exporter: it still gets the spans
         trace.set_tracer_provider(provider)
     assert trace.get_tracer_provider().sampler is _SWITCH  # type: ignore[attr-defined]
     _EXPORTER.clear()
@@ -91,6 +109,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
         yield _EXPORTER
     finally:
         _SWITCH.on = False
+        _FAULTY.fails_in = None
         _EXPORTER.clear()
 
 
@@ -289,6 +308,40 @@ async def test_events_without_or_with_malformed_trace_headers_are_stored_without
         producers[0].span_id: "message.created",
         producers[1].span_id: "conversation.archived",
     }
+
+
+@pytest.mark.parametrize("fails_in", ["on_start", "on_end"])
+async def test_a_span_processor_that_raises_changes_nothing_stored_acked_or_dead_lettered(
+    settings: Settings,
+    database_url: URL,
+    amqp_url: str,
+    spans: InMemorySpanExporter,
+    fails_in: str,
+) -> None:
+    # The SDK does not catch what a processor raises: unguarded, it would
+    # fail every batch before its write (on_start) or after its ack (on_end).
+    _FAULTY.fails_in = fails_in
+    events = [new_message() for _ in range(6)]
+    async with Publisher(amqp_url) as publisher:
+        for event in events:
+            await publisher.publish(event)
+    with capture_logs() as logs:
+        async with running_worker(settings) as worker:
+            await wait_for(table_has(database_url, "messages", len(events)), what="the rows")
+            await wait_for(queue_has(amqp_url, topology.QUEUE, 0), what="an empty queue")
+    assert worker.result() == exits.OK
+    assert await stored_ids(database_url) == {event.data.message_id for event in events}
+    # Acked: nothing came back to the queue when the worker's channel closed.
+    assert await queue_depth(amqp_url, topology.QUEUE) == 0
+    assert await take_dead_letters(amqp_url) == []
+    # Logged once for each of the three spans, not once a batch.
+    failures = [(e["step"], e["span"]) for e in logs if e["event"] == "tracing.failed"]
+    step = fails_in.removeprefix("on_")
+    assert sorted(failures) == [
+        (step, "process chat.events"),
+        (step, "settle chat.events"),
+        (step, "write_batch"),
+    ]
 
 
 class _Unreadable:
