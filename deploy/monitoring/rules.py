@@ -83,17 +83,21 @@ def _expr(text: str) -> str:
 ALERTS: Final = (
     Alert(
         name="ChatstoreDeadLetters",
-        # increase() sees nothing of a counter's first sample, and the worker
-        # makes the series of a reason at its first dead letter: the second
-        # half counts series that are new since the window began.
+        # Per series, then summed: a series that is new since the window began
+        # (the worker makes a reason's series at its first dead letter) counts
+        # whole, which is exact, as increase() sees nothing of its first
+        # sample; any other series counts its increase(). Not a plain
+        # difference (x - x offset 10m) for those: a worker restarted in place
+        # keeps its labels and restarts its counter at 0, so the difference
+        # would be negative, or too small, and miss the dead letters since the
+        # restart; increase() counts across the reset. Its price is that it
+        # extrapolates to the window's edges, so the description says "about".
         expr=_expr(
             f"""
             sum by (namespace, job, reason) (
+              ({_dead_lettered()} unless {_dead_lettered(f" offset {DEAD_LETTER_WINDOW}")})
+              or
               increase({_dead_lettered()}[{DEAD_LETTER_WINDOW}])
-            ) > 0
-            or
-            sum by (namespace, job, reason) (
-              {_dead_lettered()} unless {_dead_lettered(f" offset {DEAD_LETTER_WINDOW}")}
             ) > 0
             """
         ),
@@ -101,7 +105,7 @@ ALERTS: Final = (
         severity="warning",
         summary="chatstore dead-lettered events ({{ $labels.reason }})",
         description=(
-            "{{ $value | humanize }} event(s) went to "
+            'About {{ $value | printf "%.0f" }} event(s) went to '
             f"{DLQ} with reason {{{{ $labels.reason }}}} in the last {DEAD_LETTER_WINDOW} "
             "(job {{ $labels.job }}). The reason says whose problem it is: "
             "`chatstore dlq inspect` shows samples."
