@@ -38,6 +38,7 @@ DEAD_LETTER_WINDOW: Final = "10m"  # dead letters counted over this; the alert l
 LAG_P99_SECONDS: Final = 10  # a bucket bound of chatstore_publish_to_commit_seconds; normal is <1 s
 RETRIES_PER_SECOND: Final = 0.1  # one retried batch every 10 s; a healthy worker retries ~never
 NOT_READY_FOR: Final = "5m"  # the issue's five minutes; a reconnect takes seconds
+WORKER_SEEN_WITHIN: Final = "6h"  # a target is chatstore's if it served chatstore_ready since
 
 
 def _rabbitmq(family: str, queue: str, offset: str = "") -> str:
@@ -144,9 +145,21 @@ ALERTS: Final = (
     ),
     Alert(
         name="ChatstoreWorkerDown",
-        # Only targets that served chatstore_ready in the last day are
-        # chatstore's, whatever the scrape job is called.
-        expr=_expr("up == 0 and on (job, instance) present_over_time(chatstore_ready[1d])"),
+        # Only targets that served chatstore_ready in the last 6 hours are
+        # chatstore's, whatever the scrape job is called. Six hours, not a
+        # day: each evaluation loads every sample of the window. So that the
+        # alert does not resolve itself 6 hours into an outage, a target it
+        # fires for stays chatstore's while it is down (ALERTS, the series
+        # Prometheus keeps of its own alerts).
+        expr=_expr(
+            f"""
+            up == 0
+            and on (job, instance) (
+              present_over_time(chatstore_ready[{WORKER_SEEN_WITHIN}])
+              or ALERTS{{alertname="ChatstoreWorkerDown", alertstate="firing"}}
+            )
+            """
+        ),
         for_="5m",
         severity="warning",
         summary="chatstore worker {{ $labels.instance }} does not answer scrapes",
