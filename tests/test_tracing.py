@@ -428,6 +428,7 @@ sys.meta_path.insert(0, _NoOpenTelemetry())
 import contracts.tracing, worker.ingest.tracing
 from sqlalchemy.engine import make_url
 from contracts import Publisher, message_created
+from contracts.testing import InMemoryPublisher
 from tests.harness import running_worker, table_has, wait_for, worker_settings
 from worker.tracing import configure
 
@@ -441,7 +442,10 @@ async def main(database_url, amqp_url):
         assert all(publisher.publish_nowait(event) for event in events[1:])
     async with running_worker(worker_settings(database_url, amqp_url)):
         await wait_for(table_has(make_url(database_url), "messages", 3))
+    double = InMemoryPublisher()
+    double.publish_nowait(events[0])
     return {
+        "double's headers": double.messages[0].headers,
         "configured": configure(links_per_span=500),
         "guards": [contracts.tracing.trace is None, worker.ingest.tracing.trace is None],
         "loaded": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
@@ -467,6 +471,7 @@ async def test_without_opentelemetry_the_publisher_and_the_worker_work_as_before
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert json.loads(line.removeprefix("RESULT ")) == {
+        "double's headers": {},
         "configured": False,  # asked for, but not installed: a warning, no error
         "guards": [True, True],
         "loaded": [],
