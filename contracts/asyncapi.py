@@ -117,12 +117,14 @@ def example_events() -> tuple[MessageCreated, ConversationArchived]:
 # spans to them: a missing or malformed header never dead-letters an event.
 _TRACE_HEADERS: dict[str, Any] = {
     "type": "object",
-    "description": "Optional W3C trace context of the code that published the event "
-    "(contracts.Publisher sets it with the otel extra installed). The worker links its "
-    "batch span to it and ignores it when missing or malformed.",
+    "description": "Optional W3C trace context and baggage of the code that published the "
+    "event (contracts.Publisher sets them with the otel extra installed, inside a span; "
+    "baggage only when the context holds some). The worker links its batch span to the "
+    "trace context and ignores it when missing or malformed; it ignores baggage.",
     "properties": {
         "traceparent": {"type": "string", "description": "W3C Trace Context traceparent"},
         "tracestate": {"type": "string", "description": "W3C Trace Context tracestate"},
+        "baggage": {"type": "string", "description": "W3C Baggage"},
     },
 }
 

@@ -88,11 +88,9 @@ class _Outgoing(NamedTuple):
 
 def _message(outgoing: _Outgoing) -> aio_pika.Message:
     event = outgoing.event
-    headers: dict[str, aio_pika.abc.FieldValue] = {}  # the message's own: none so far
-    if outgoing.trace:
-        # Added beside the message's own headers, never in place of one.
-        for name, value in outgoing.trace.items():
-            headers.setdefault(name, value)
+    # The trace headers are the only headers a published event has (the
+    # contract defines no others); a message without them has none at all.
+    headers: dict[str, aio_pika.abc.FieldValue] = dict(outgoing.trace or {})
     return aio_pika.Message(
         event.model_dump_json().encode(),
         headers=headers or None,

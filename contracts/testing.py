@@ -25,7 +25,14 @@ difference, on purpose: the buffer is full only when a test says so
 (``publisher.full = True``), so that a runtime's handling of dropped events
 can be tested.
 
-Importing this module loads what ``import contracts`` loads: pydantic, no
+Each kept message has the trace headers ``Publisher`` would add, taken from
+the caller's context when it published (``traceparent``, ``tracestate``, and
+whatever else the configured propagators write; none outside a span or
+without the ``otel`` extra), so a runtime's tests can check that its requests
+propagate their traces.
+
+Importing this module loads what ``import contracts`` loads (and the
+OpenTelemetry API when it is installed, as ``Publisher`` does): pydantic, no
 AMQP client and no SQLAlchemy.
 """
 
@@ -40,6 +47,7 @@ from contracts.decode import decode
 from contracts.events import AnyEvent, ConversationArchived, MessageCreated
 from contracts.rejection import Rejection
 from contracts.routing import EXCHANGE
+from contracts.tracing import trace_headers
 
 __all__ = [
     "ContractViolationError",
@@ -103,6 +111,9 @@ class PublishedMessage:
     type: str
     via: Literal["publish_nowait", "publish"]
     """``publish_nowait`` (``enqueue`` too) or ``publish`` (waited for the confirm)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """The AMQP headers: the caller's trace headers, as ``Publisher`` adds them; empty
+    outside a span or without the ``otel`` extra."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +153,7 @@ class InMemoryPublisher:
         if self.full or self._closed:
             self.stats.dropped += 1
             return False
-        self._accept(event, "publish_nowait")
+        self._accept(event, "publish_nowait", trace_headers())
         self.stats.buffered += 1
         self.stats.sent += 1
         return True
@@ -157,8 +168,9 @@ class InMemoryPublisher:
         event the worker would refuse, and ``RuntimeError`` after ``close``."""
         if self._closed:
             raise RuntimeError("InMemoryPublisher.publish after close")
+        headers = trace_headers()  # the caller's context, before any await, as Publisher
         await asyncio.sleep(0)  # the real one waits for the broker's confirm
-        self._accept(event, "publish")
+        self._accept(event, "publish", headers)
         self.stats.sent += 1
 
     async def close(self, timeout_s: float = 10.0) -> InMemoryCloseReport:
@@ -203,7 +215,12 @@ class InMemoryPublisher:
         self._messages.clear()
         self._refused.clear()
 
-    def _accept(self, event: AnyEvent, via: Literal["publish_nowait", "publish"]) -> None:
+    def _accept(
+        self,
+        event: AnyEvent,
+        via: Literal["publish_nowait", "publish"],
+        headers: dict[str, str] | None,
+    ) -> None:
         # The body exactly as contracts.Publisher encodes it, read back by the
         # worker's decoder: what is kept is what the worker would see.
         body = event.model_dump_json().encode()
@@ -222,5 +239,6 @@ class InMemoryPublisher:
                 message_id=str(event.event_id),
                 type=event.type,
                 via=via,
+                headers=dict(headers or {}),
             )
         )

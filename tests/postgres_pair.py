@@ -44,7 +44,7 @@ def _as_server_user(command: list[str]) -> list[str]:
     return command
 
 
-def _run(*command: str, timeout_s: float = 60) -> str:
+def run_program(*command: str, timeout_s: float = 60) -> str:
     """Run a PostgreSQL program as the server user; a failure names it and its output."""
     completed = subprocess.run(
         _as_server_user([str(PG_BIN / command[0]), *command[1:]]),
@@ -75,13 +75,15 @@ class Server:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1"
-        _run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+        run_program(
+            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start"
+        )
 
     def stop(self, mode: str = "fast") -> None:
-        _run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+        run_program("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def promote(self) -> None:
-        _run("pg_ctl", "-D", str(self.data), "-w", "promote")
+        run_program("pg_ctl", "-D", str(self.data), "-w", "promote")
 
     def running(self) -> bool:
         status = subprocess.run(
@@ -115,7 +117,7 @@ class PostgresPair:
         )
 
 
-def _missing() -> str | None:
+def missing_requirement() -> str | None:
     for program in ("initdb", "pg_ctl", "pg_basebackup"):
         if not (PG_BIN / program).is_file():
             return (
@@ -144,7 +146,7 @@ def _wait_for_sync_standby(primary: Server, within_s: float = 30) -> None:
 @contextlib.contextmanager
 def postgres_pair() -> Iterator[PostgresPair]:
     """A primary and a synchronous standby, both stopped and removed on exit."""
-    if (problem := _missing()) is not None:
+    if (problem := missing_requirement()) is not None:
         pytest.fail(f"a PostgreSQL primary and standby cannot be started: {problem}")
     root = Path(tempfile.mkdtemp(prefix="chatstore-pg-pair-"))
     servers: list[Server] = []
@@ -152,12 +154,14 @@ def postgres_pair() -> Iterator[PostgresPair]:
         shutil.chown(root, SERVER_USER)
         primary = Server("primary", root / "primary", free_port(), root, root / "primary.log")
         standby = Server("standby", root / "standby", free_port(), root, root / "standby.log")
-        _run("initdb", "-D", str(primary.data), "-A", "trust", "-U", SERVER_USER, "--no-sync")
+        run_program(
+            "initdb", "-D", str(primary.data), "-A", "trust", "-U", SERVER_USER, "--no-sync"
+        )
         with (primary.data / "pg_hba.conf").open("a") as hba:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         servers.append(primary)
         primary.start()
-        _run(
+        run_program(
             "pg_basebackup",
             "-h", "127.0.0.1",
             "-p", str(primary.port),

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import baggage, context, trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from contracts import (
     CloseReport,
@@ -36,6 +38,7 @@ from contracts.testing import (
     InMemoryPublisher,
     InMemoryStats,
 )
+from contracts.tracing import trace_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the double has beyond Publisher's interface: the helpers for assertions.
@@ -206,6 +209,55 @@ def test_the_kept_body_and_properties_are_what_the_publisher_sends() -> None:
     )
     assert (kept.exchange, kept.routing_key, kept.via) == (EXCHANGE, event.type, "publish_nowait")
     assert kept.event == event
+
+
+def _a_producer_span(span_id: int) -> trace.Span:
+    """A valid span context with a tracestate, as a runtime's tracer would make current."""
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=span_id,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=TraceState([("vendor", "value")]),
+        )
+    )
+
+
+async def test_each_message_has_the_trace_headers_the_publisher_adds_taken_when_published() -> None:
+    publisher = InMemoryPublisher()
+    untraced = _question("outside any span")
+    publisher.publish_nowait(untraced)
+    sent: dict[str, Any] = {}  # what Publisher would send, built in the same context
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        with trace.use_span(_a_producer_span(0xB7AD6B7169203331)):
+            publisher.publish_nowait(nowait := _question("published nowait"))
+            sent["nowait"] = _message(_Outgoing(nowait, trace_headers())).headers
+        with trace.use_span(_a_producer_span(0x00F067AA0BA902B7)):
+            await publisher.publish(confirmed := _question("published and confirmed"))
+            sent["confirmed"] = _message(_Outgoing(confirmed, trace_headers())).headers
+        publisher.publish_nowait(untraced_again := _question("after the spans"))
+    finally:
+        context.detach(token)
+
+    kept = {
+        message.event.data.content: message
+        for message in publisher.messages
+        if isinstance(message.event, MessageCreated)
+    }
+    assert kept[untraced.data.content].headers == {}
+    assert kept[untraced_again.data.content].headers == {}  # baggage alone: nothing, as Publisher
+    assert kept[nowait.data.content].headers == {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "vendor=value",
+        "baggage": "tenant=acme",  # the default propagators write baggage too
+    }
+    assert kept[confirmed.data.content].headers["traceparent"] == (
+        "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    )
+    assert kept[nowait.data.content].headers == sent["nowait"]
+    assert kept[confirmed.data.content].headers == sent["confirmed"]
 
 
 async def test_publish_nowait_enqueue_and_publish_keep_events_in_order_and_count_them() -> None:

@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 import yarl
 from opentelemetry import context, trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 from sqlalchemy.engine import URL
+from structlog.testing import capture_logs
 
 from contracts import MessageCreated, Publisher, conversation_archived, message_created
 from tests.db import fetch_all
@@ -35,13 +36,14 @@ from tests.events import message_created as message_created_dict
 from tests.harness import (
     count,
     publish,
+    queue_depth,
     queue_has,
     running_worker,
     table_has,
     take_dead_letters,
     wait_for,
 )
-from worker import topology
+from worker import exits, topology
 from worker.ingest import tracing
 from worker.settings import Settings
 from worker.tracing import requested_exporters
@@ -73,8 +75,23 @@ class _Switch(Sampler):
         return "on while a tracing test runs"
 
 
+class _Faulty(SpanProcessor):
+    """A buggy span processor: raises in ``on_start`` or ``on_end`` while told to."""
+
+    fails_in: str | None = None
+
+    def on_start(self, span: Span, parent_context: context.Context | None = None) -> None:
+        if self.fails_in == "on_start":
+            raise RuntimeError("a buggy span processor's on_start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.fails_in == "on_end":
+            raise RuntimeError("a buggy span processor's on_end")
+
+
 _SWITCH = _Switch()
 _EXPORTER = InMemorySpanExporter()
+_FAULTY = _Faulty()
 
 
 @pytest.fixture
@@ -83,6 +100,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider(sampler=_SWITCH)
         provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        provider.add_span_processor(_FAULTY)  # after the exporter: it still gets the spans
         trace.set_tracer_provider(provider)
     assert trace.get_tracer_provider().sampler is _SWITCH  # type: ignore[attr-defined]
     _EXPORTER.clear()
@@ -91,6 +109,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
         yield _EXPORTER
     finally:
         _SWITCH.on = False
+        _FAULTY.fails_in = None
         _EXPORTER.clear()
 
 
@@ -291,6 +310,40 @@ async def test_events_without_or_with_malformed_trace_headers_are_stored_without
     }
 
 
+@pytest.mark.parametrize("fails_in", ["on_start", "on_end"])
+async def test_a_span_processor_that_raises_changes_nothing_stored_acked_or_dead_lettered(
+    settings: Settings,
+    database_url: URL,
+    amqp_url: str,
+    spans: InMemorySpanExporter,
+    fails_in: str,
+) -> None:
+    # The SDK does not catch what a processor raises: unguarded, it would
+    # fail every batch before its write (on_start) or after its ack (on_end).
+    _FAULTY.fails_in = fails_in
+    events = [new_message() for _ in range(6)]
+    async with Publisher(amqp_url) as publisher:
+        for event in events:
+            await publisher.publish(event)
+    with capture_logs() as logs:
+        async with running_worker(settings) as worker:
+            await wait_for(table_has(database_url, "messages", len(events)), what="the rows")
+            await wait_for(queue_has(amqp_url, topology.QUEUE, 0), what="an empty queue")
+    assert worker.result() == exits.OK
+    assert await stored_ids(database_url) == {event.data.message_id for event in events}
+    # Acked: nothing came back to the queue when the worker's channel closed.
+    assert await queue_depth(amqp_url, topology.QUEUE) == 0
+    assert await take_dead_letters(amqp_url) == []
+    # Logged once for each of the three spans, not once a batch.
+    failures = [(e["step"], e["span"]) for e in logs if e["event"] == "tracing.failed"]
+    step = fails_in.removeprefix("on_")
+    assert sorted(failures) == [
+        (step, "process chat.events"),
+        (step, "settle chat.events"),
+        (step, "write_batch"),
+    ]
+
+
 class _Unreadable:
     """A delivery that fails the test if anything of it is read."""
 
@@ -375,6 +428,7 @@ sys.meta_path.insert(0, _NoOpenTelemetry())
 import contracts.tracing, worker.ingest.tracing
 from sqlalchemy.engine import make_url
 from contracts import Publisher, message_created
+from contracts.testing import InMemoryPublisher
 from tests.harness import running_worker, table_has, wait_for, worker_settings
 from worker.tracing import configure
 
@@ -388,7 +442,10 @@ async def main(database_url, amqp_url):
         assert all(publisher.publish_nowait(event) for event in events[1:])
     async with running_worker(worker_settings(database_url, amqp_url)):
         await wait_for(table_has(make_url(database_url), "messages", 3))
+    double = InMemoryPublisher()
+    double.publish_nowait(events[0])
     return {
+        "double's headers": double.messages[0].headers,
         "configured": configure(links_per_span=500),
         "guards": [contracts.tracing.trace is None, worker.ingest.tracing.trace is None],
         "loaded": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
@@ -414,6 +471,7 @@ async def test_without_opentelemetry_the_publisher_and_the_worker_work_as_before
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert json.loads(line.removeprefix("RESULT ")) == {
+        "double's headers": {},
         "configured": False,  # asked for, but not installed: a warning, no error
         "guards": [True, True],
         "loaded": [],
@@ -423,9 +481,15 @@ async def test_without_opentelemetry_the_publisher_and_the_worker_work_as_before
     assert await take_dead_letters(amqp_url) == []
 
 
-def _configure_in_a_process(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _configure_in_a_process(
+    environment: dict[str, str], *, provider_first: bool = False
+) -> subprocess.CompletedProcess[str]:
+    # provider_first: a provider is set before, as opentelemetry-instrument does.
     probe = (
         "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        f"if {provider_first}:\n"
+        "    trace.set_tracer_provider(TracerProvider())\n"
         "from worker.tracing import configure\n"
         "print('CONFIGURED', configure(links_per_span=500))\n"
         "provider = trace.get_tracer_provider()\n"
@@ -458,19 +522,77 @@ def test_the_worker_configures_the_sdk_only_when_the_environment_asks_for_traces
     assert "probe-span" not in not_asked.stdout
 
 
-def test_an_exporter_that_is_not_installed_stops_the_worker_with_one_line_and_exit_2() -> None:
-    result = subprocess.run(
+def test_a_link_limit_below_the_batch_size_is_logged_for_a_kept_or_an_own_provider() -> None:
+    kept = _configure_in_a_process({}, provider_first=True)  # the SDK's default: 128
+    assert kept.returncode == 0, kept.stderr
+    assert "CONFIGURED False" in kept.stdout
+    assert "LINKS 128" in kept.stdout
+    (warning,) = [line for line in kept.stdout.splitlines() if "tracing.link_limit_low" in line]
+    assert "limit=128" in warning
+    assert "batch_size=500" in warning
+
+    enough = _configure_in_a_process({"OTEL_SPAN_LINK_COUNT_LIMIT": "500"}, provider_first=True)
+    assert enough.returncode == 0, enough.stderr
+    assert "LINKS 500" in enough.stdout
+    assert "tracing.link_limit_low" not in enough.stdout + enough.stderr
+
+    own = _configure_in_a_process(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_SPAN_LINK_COUNT_LIMIT": "100"}
+    )
+    assert own.returncode == 0, own.stderr
+    assert "CONFIGURED True" in own.stdout
+    assert "LINKS 100" in own.stdout
+    assert "tracing.link_limit_low" in own.stdout
+
+
+def _worker_command(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "worker", "worker"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "zipkin_json"},
+        env={"PATH": "/usr/bin:/bin", **environment},
         timeout=60,
     )
+
+
+def test_an_exporter_that_is_not_installed_stops_the_worker_with_one_line_and_exit_2() -> None:
+    result = _worker_command({"OTEL_TRACES_EXPORTER": "zipkin_json"})
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "chatstore: OTEL_TRACES_EXPORTER: no exporter 'zipkin_json' is installed "
         "(for otlp: pip install opentelemetry-exporter-otlp)"
+    ]
+
+
+def test_a_span_limit_that_is_not_a_number_stops_the_worker_with_one_line_and_exit_2() -> None:
+    for variable in ["OTEL_SPAN_LINK_COUNT_LIMIT", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"]:
+        result = _worker_command({"OTEL_TRACES_EXPORTER": "console", variable: "abc"})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"chatstore: {variable} must be a non-negative integer but got abc"
+        ]
+
+
+def test_an_exporter_whose_own_import_fails_stops_the_worker_with_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # An installed exporter package whose dependency is missing, as the
+    # gRPC exporter is without grpcio: its entry point is found, its import fails.
+    (tmp_path / "broken_exporter.py").write_text("import grpc_is_not_installed\n")
+    dist_info = tmp_path / "broken_exporter-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-exporter\nVersion: 1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        "[opentelemetry_traces_exporter]\nbroken = broken_exporter:BrokenExporter\n"
+    )
+    result = _worker_command({"OTEL_TRACES_EXPORTER": "broken", "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "chatstore: OTEL_TRACES_EXPORTER: the exporter 'broken' could not be set up: "
+        "ModuleNotFoundError: No module named 'grpc_is_not_installed'"
     ]
 
 

@@ -38,6 +38,7 @@ DEAD_LETTER_WINDOW: Final = "10m"  # dead letters counted over this; the alert l
 LAG_P99_SECONDS: Final = 10  # a bucket bound of chatstore_publish_to_commit_seconds; normal is <1 s
 RETRIES_PER_SECOND: Final = 0.1  # one retried batch every 10 s; a healthy worker retries ~never
 NOT_READY_FOR: Final = "5m"  # the issue's five minutes; a reconnect takes seconds
+WORKER_SEEN_WITHIN: Final = "6h"  # a target is chatstore's if it served chatstore_ready since
 
 
 def _rabbitmq(family: str, queue: str, offset: str = "") -> str:
@@ -83,17 +84,21 @@ def _expr(text: str) -> str:
 ALERTS: Final = (
     Alert(
         name="ChatstoreDeadLetters",
-        # increase() sees nothing of a counter's first sample, and the worker
-        # makes the series of a reason at its first dead letter: the second
-        # half counts series that are new since the window began.
+        # Per series, then summed: a series that is new since the window began
+        # (the worker makes a reason's series at its first dead letter) counts
+        # whole, which is exact, as increase() sees nothing of its first
+        # sample; any other series counts its increase(). Not a plain
+        # difference (x - x offset 10m) for those: a worker restarted in place
+        # keeps its labels and restarts its counter at 0, so the difference
+        # would be negative, or too small, and miss the dead letters since the
+        # restart; increase() counts across the reset. Its price is that it
+        # extrapolates to the window's edges, so the description says "about".
         expr=_expr(
             f"""
             sum by (namespace, job, reason) (
+              ({_dead_lettered()} unless {_dead_lettered(f" offset {DEAD_LETTER_WINDOW}")})
+              or
               increase({_dead_lettered()}[{DEAD_LETTER_WINDOW}])
-            ) > 0
-            or
-            sum by (namespace, job, reason) (
-              {_dead_lettered()} unless {_dead_lettered(f" offset {DEAD_LETTER_WINDOW}")}
             ) > 0
             """
         ),
@@ -101,7 +106,7 @@ ALERTS: Final = (
         severity="warning",
         summary="chatstore dead-lettered events ({{ $labels.reason }})",
         description=(
-            "{{ $value | humanize }} event(s) went to "
+            'About {{ $value | printf "%.0f" }} event(s) went to '
             f"{DLQ} with reason {{{{ $labels.reason }}}} in the last {DEAD_LETTER_WINDOW} "
             "(job {{ $labels.job }}). The reason says whose problem it is: "
             "`chatstore dlq inspect` shows samples."
@@ -140,9 +145,21 @@ ALERTS: Final = (
     ),
     Alert(
         name="ChatstoreWorkerDown",
-        # Only targets that served chatstore_ready in the last day are
-        # chatstore's, whatever the scrape job is called.
-        expr=_expr("up == 0 and on (job, instance) present_over_time(chatstore_ready[1d])"),
+        # Only targets that served chatstore_ready in the last 6 hours are
+        # chatstore's, whatever the scrape job is called. Six hours, not a
+        # day: each evaluation loads every sample of the window. So that the
+        # alert does not resolve itself 6 hours into an outage, a target it
+        # fires for stays chatstore's while it is down (ALERTS, the series
+        # Prometheus keeps of its own alerts).
+        expr=_expr(
+            f"""
+            up == 0
+            and on (job, instance) (
+              present_over_time(chatstore_ready[{WORKER_SEEN_WITHIN}])
+              or ALERTS{{alertname="ChatstoreWorkerDown", alertstate="firing"}}
+            )
+            """
+        ),
         for_="5m",
         severity="warning",
         summary="chatstore worker {{ $labels.instance }} does not answer scrapes",

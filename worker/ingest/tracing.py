@@ -14,6 +14,14 @@ With the API but no SDK configured, the spans are the API's no-op spans, and
 nothing per delivery is read: links and attributes are built only for a span
 that records. A header that is missing, malformed or of another type gives no
 link, and never an error.
+
+Tracing never changes what is stored, acked or dead-lettered. The SDK calls
+each span processor's ``on_start`` and ``on_end`` without catching what they
+raise, so a buggy processor (the operator's, or an exporter's) would raise
+out of starting a span, before the batch is written, or out of ending one,
+after the ack. Each span is therefore started and ended here under a guard:
+a failure is logged the first time (``tracing.failed``) and the batch goes on
+without that span.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Final
+
+import structlog
 
 from contracts.routing import EXCHANGE
 from worker.faults import sqlstate_of
@@ -42,6 +52,24 @@ _SYSTEM: Final = "rabbitmq"
 # dead letter is published there too).
 _PROCESS: Final = f"process {EXCHANGE}"
 _SETTLE: Final = f"settle {EXCHANGE}"
+
+log = structlog.get_logger("chatstore.tracing")
+# The (step, span name) pairs that failed once: logged the first time only,
+# as a buggy processor would fail every batch alike.
+_failures_logged: set[tuple[str, str]] = set()
+
+
+def _log_failure(step: str, name: str) -> None:
+    """Log, with the exception being handled, that ``step`` of span ``name`` failed."""
+    if (step, name) not in _failures_logged:
+        _failures_logged.add((step, name))
+        log.error(
+            "tracing.failed",
+            step=step,
+            span=name,
+            exc_info=True,
+            note="the batch goes on without this span; the same failure again is not logged",
+        )
 
 
 if trace is not None:
@@ -72,6 +100,32 @@ if trace is not None:
             return list(carrier)
 
     _GETTER: Final = _HeaderGetter()
+
+    @contextlib.contextmanager
+    def _current_span(
+        tracer: trace.Tracer, name: str, kind: trace.SpanKind = trace.SpanKind.INTERNAL
+    ) -> Iterator[Span | None]:
+        """A span current while the body runs, as ``start_as_current_span`` makes it.
+
+        Yields None when the span could not start; a failure to end it is
+        logged. What the body raises goes on unchanged, recorded on the span.
+        """
+        span: Span | None = None
+        try:
+            span = tracer.start_span(name, kind=kind)
+        except Exception:
+            _log_failure("start", name)
+        if span is None:
+            yield None  # outside the except: the body's errors chain to nothing of ours
+            return
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                yield span
+        finally:
+            try:
+                span.end()
+            except Exception:
+                _log_failure("end", name)
 
 else:
 
@@ -120,31 +174,39 @@ def processing(batch: Sequence[Delivery]) -> Iterator[Span | None]:
     if tracer is None:
         yield None
         return
-    with tracer.start_as_current_span(_PROCESS, kind=trace.SpanKind.CONSUMER) as span:
-        if not span.is_recording():
+    with _current_span(tracer, _PROCESS, trace.SpanKind.CONSUMER) as span:
+        if span is None or not span.is_recording():
             yield None
             return
-        span.set_attributes(
-            {
-                "messaging.system": _SYSTEM,
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                # Set for every batch, even of one: the flush is a batch operation.
-                "messaging.batch.message_count": len(batch),
-            }
-        )
-        if (exchange := _shared(delivery.exchange for delivery in batch)) is not None:
-            span.set_attribute("messaging.destination.name", exchange)
-        routing_key = _shared(delivery.routing_key for delivery in batch)
-        if routing_key:
-            span.set_attribute("messaging.rabbitmq.destination.routing_key", routing_key)
-        url = batch[-1].channel.connection.url
-        if url.host:
-            span.set_attribute("server.address", url.host)
-            if url.port:
-                span.set_attribute("server.port", url.port)
-        _add_links(span, batch, per_routing_key=routing_key is None)
+        try:
+            _describe(span, batch)
+        except Exception:  # the span lacks some attributes or links; the batch goes on
+            _log_failure("describe", _PROCESS)
         yield span
+
+
+def _describe(span: Span, batch: Sequence[Delivery]) -> None:
+    """The attributes and links of the ``process`` span of ``batch``."""
+    span.set_attributes(
+        {
+            "messaging.system": _SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            # Set for every batch, even of one: the flush is a batch operation.
+            "messaging.batch.message_count": len(batch),
+        }
+    )
+    if (exchange := _shared(delivery.exchange for delivery in batch)) is not None:
+        span.set_attribute("messaging.destination.name", exchange)
+    routing_key = _shared(delivery.routing_key for delivery in batch)
+    if routing_key:
+        span.set_attribute("messaging.rabbitmq.destination.routing_key", routing_key)
+    url = batch[-1].channel.connection.url
+    if url.host:
+        span.set_attribute("server.address", url.host)
+        if url.port:
+            span.set_attribute("server.port", url.port)
+    _add_links(span, batch, per_routing_key=routing_key is None)
 
 
 def record_outcome(
@@ -173,7 +235,10 @@ def transaction(*, database: str | None, events: int, attempt: int) -> Iterator[
     if tracer is None:
         yield
         return
-    with tracer.start_as_current_span("write_batch") as span:
+    with _current_span(tracer, "write_batch") as span:
+        if span is None:
+            yield
+            return
         if span.is_recording():
             span.set_attributes(
                 {
@@ -199,8 +264,8 @@ def settling(*, messages: int, dead_letters: int) -> Iterator[None]:
     if tracer is None:
         yield
         return
-    with tracer.start_as_current_span(_SETTLE) as span:
-        if span.is_recording():
+    with _current_span(tracer, _SETTLE) as span:
+        if span is not None and span.is_recording():
             span.set_attributes(
                 {
                     "messaging.system": _SYSTEM,
