@@ -51,6 +51,7 @@ DECLARE
     v_metadata jsonb[];
     v_outcome text[];
     v_writes text[];
+    v_inserted uuid[];
 BEGIN
     IF n = 0 THEN
         RETURN;
@@ -141,14 +142,20 @@ BEGIN
     LEFT JOIN conversations AS c ON c.id = t.conversation_id AND t.outcome IS NULL;
     v_writes := v_outcome;
 
-    -- 5: the messages, inserted in id order (of two with one id, the earlier
-    -- first). The first of an id that was inserted is 'inserted'; the others
-    -- (the same id again in this batch, or a row a concurrent worker stored
-    -- since step 2) stay undecided for the comparison below.
+    -- 5: the messages, inserted in id order; of two with one id, only the
+    -- earlier is tried (the later could only collide with it). An event is
+    -- 'inserted' if it is the first of its id and that id came back from the
+    -- insert; the others (the same id again in this batch, or a row a
+    -- concurrent worker stored since step 2) stay undecided for the
+    -- comparison below. Usually every id tried came back, which the counts
+    -- show without looking any id up. No join between two of these derived
+    -- sets: PostgreSQL's generic plans guess such sets at ten rows or one
+    -- and would pair them in a nested loop, quadratic in the batch.
     IF array_position(v_outcome, NULL) IS NOT NULL THEN
         WITH inserted AS (
             INSERT INTO messages (id, conversation_id, user_id, role, content, metadata, created_at)
-            SELECT t.message_id, t.conversation_id, t.user_id, t.role, t.content, t.metadata, t.at
+            SELECT DISTINCT ON (t.message_id)
+                t.message_id, t.conversation_id, t.user_id, t.role, t.content, t.metadata, t.at
             FROM unnest(
                 message_ids, conversation_ids, user_ids, roles, contents, v_metadata, ats,
                 v_outcome
@@ -158,21 +165,27 @@ BEGIN
             ORDER BY t.message_id, t.i
             ON CONFLICT (id) DO NOTHING
             RETURNING id
-        ), fresh AS (
-            SELECT min(t.i) AS i
-            FROM unnest(message_ids, v_outcome) WITH ORDINALITY AS t(message_id, outcome, i)
-            JOIN inserted ON inserted.id = t.message_id
-            WHERE t.outcome IS NULL
-            GROUP BY t.message_id
         )
+        SELECT coalesce(array_agg(inserted.id), '{}') INTO v_inserted FROM inserted;
+
         SELECT array_agg(
             CASE
-                WHEN t.outcome IS NOT NULL THEN t.outcome
-                WHEN fresh.i IS NOT NULL THEN 'inserted'
-            END ORDER BY t.i)
+                WHEN f.outcome IS NOT NULL THEN f.outcome
+                WHEN f.first AND (f.firsts = cardinality(v_inserted)
+                                  OR f.message_id = ANY(v_inserted)) THEN 'inserted'
+            END ORDER BY f.i)
         INTO v_outcome
-        FROM unnest(v_outcome) WITH ORDINALITY AS t(outcome, i)
-        LEFT JOIN fresh ON fresh.i = t.i;
+        FROM (
+            SELECT s.outcome, s.i, s.message_id, s.first,
+                   count(*) FILTER (WHERE s.first) OVER () AS firsts
+            FROM (
+                SELECT t.outcome, t.i, t.message_id,
+                       t.outcome IS NULL AND row_number() OVER (
+                           PARTITION BY t.outcome IS NULL, t.message_id ORDER BY t.i
+                       ) = 1 AS first
+                FROM unnest(message_ids, v_outcome) WITH ORDINALITY AS t(message_id, outcome, i)
+            ) AS s
+        ) AS f;
 
         -- The ones not inserted are stored now, visible to this statement's
         -- snapshot: identical is a duplicate, anything else (or, which cannot

@@ -65,11 +65,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from contracts import AnyEvent, MessageCreated, Reason, Rejection
 from contracts.history.failover import SERVER_CHANGED
 
-# asyncpg prepares it once per connection and keeps it, named, in its
-# statement cache; with the cache off (CHATSTORE_DATABASE_POOL_MODE=transaction)
-# it prepares it unnamed and parses it again in the round trip that runs it,
-# so no statement outlives the call on a pooler's server connection.
 _WRITE_BATCH: Final = "SELECT event, outcome FROM chatstore_write_batch($1, $2, $3, $4, $5, $6, $7)"
+# Where a pooled connection keeps its prepared _WRITE_BATCH (SQLAlchemy's
+# per-connection info, emptied when the pool replaces the connection).
+_PREPARED: Final = "chatstore.write_batch"
 
 
 @dataclass(slots=True)
@@ -114,7 +113,8 @@ async def _call(connection: AsyncConnection, arguments: list[Any]) -> list[async
         await connection.invalidate()
         driver = await _driver(connection)
     try:
-        return await driver.fetch(_WRITE_BATCH, *arguments)
+        statement = await _prepared(connection, driver)
+        return await statement.fetch(*arguments)
     except BaseException as error:
         if _connection_spoilt(error, driver):
             # As SQLAlchemy does for its own statements (and, for a read-only
@@ -127,6 +127,26 @@ async def _call(connection: AsyncConnection, arguments: list[Any]) -> list[async
 async def _driver(connection: AsyncConnection) -> asyncpg.Connection:
     raw = await connection.get_raw_connection()
     return cast(asyncpg.Connection, raw.driver_connection)
+
+
+async def _prepared(
+    connection: AsyncConnection, driver: asyncpg.Connection
+) -> asyncpg.prepared_stmt.PreparedStatement[asyncpg.Record]:
+    """_WRITE_BATCH prepared on ``driver``, once per connection.
+
+    With asyncpg's statement cache on, ``prepare`` makes a named statement
+    that lives as long as the connection: each later batch is one round
+    trip. With it off (``CHATSTORE_DATABASE_POOL_MODE=transaction``) it makes
+    an unnamed one, which asyncpg parses again in the round trip that runs
+    it, so no statement outlives the call on a pooler's server connection;
+    keeping the object still spares the round trip that asks for its types.
+    """
+    cached = connection.info.get(_PREPARED)
+    if cached is not None and cached[0] is driver:
+        return cast("asyncpg.prepared_stmt.PreparedStatement[asyncpg.Record]", cached[1])
+    statement = await driver.prepare(_WRITE_BATCH)
+    connection.info[_PREPARED] = (driver, statement)
+    return statement
 
 
 def _connection_spoilt(error: BaseException, driver: asyncpg.Connection) -> bool:
