@@ -9,10 +9,10 @@
 -- INVOKER), so EXECUTE grants nothing by itself: its statements need these.
 --   SELECT ... FROM users                                  SELECT on users
 --   INSERT INTO conversations (id, user_id) ...
---     ON CONFLICT (id) DO UPDATE SET status = ... RETURNING  INSERT (id, user_id),
+--     ON CONFLICT (id) DO UPDATE SET status = ... WHERE false  INSERT (id, user_id),
 --                                                          UPDATE (status), SELECT
---   SELECT ... FROM conversations / messages               SELECT
---   INSERT INTO messages ... ON CONFLICT DO NOTHING        INSERT
+--   SELECT ... FROM conversations / messages (and FOR NO KEY UPDATE)  SELECT, UPDATE
+--   INSERT INTO messages ... ON CONFLICT DO NOTHING RETURNING id  INSERT, SELECT
 --   UPDATE conversations SET created_at, updated_at, status  UPDATE (those columns)
 -- No DELETE, no TRUNCATE, no UPDATE of a message or of an owner, nothing on
 -- alembic_version, and no DDL: the worker cannot drop or rewrite history.

@@ -1,8 +1,9 @@
 """Writing a batch of events into PostgreSQL: one statement, the rules in SQL.
 
 A batch is one call of the function ``chatstore_write_batch`` (migration
-0002), on an asyncpg prepared statement: the batch's columns go as arrays,
-one element per event in delivery order, and each event's outcome comes back.
+0002), on an asyncpg prepared statement kept per pooled connection: the
+batch's columns go as arrays, one element per event in delivery order, and
+each event's outcome comes back.
 The call is a statement of its own, outside any ``BEGIN``: PostgreSQL runs it
 in a transaction of its own and commits it before it answers, so a batch
 costs one round trip, commit included, and is atomic like any statement.
