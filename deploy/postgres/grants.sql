@@ -7,13 +7,15 @@
 -- With -v maintenance=ROLE it also grants `chatstore purge`'s role its own,
 -- in the block at the end of this file.
 --
--- The statements of worker/ingest/store.py, and the privilege each needs:
+-- worker/ingest/store.py calls one function, chatstore_write_batch (migration
+-- 0002), which needs EXECUTE. It runs with the caller's privileges (SECURITY
+-- INVOKER), so EXECUTE grants nothing by itself: its statements need these.
 --   SELECT ... FROM users                                  SELECT on users
 --   INSERT INTO conversations (id, user_id) ...
---     ON CONFLICT (id) DO UPDATE SET status = ... RETURNING  INSERT (id, user_id),
+--     ON CONFLICT (id) DO UPDATE SET status = ... WHERE false  INSERT (id, user_id),
 --                                                          UPDATE (status), SELECT
---   SELECT ... FROM conversations / messages               SELECT
---   INSERT INTO messages ... ON CONFLICT DO NOTHING        INSERT
+--   SELECT ... FROM conversations / messages (and FOR NO KEY UPDATE)  SELECT, UPDATE
+--   INSERT INTO messages ... ON CONFLICT DO NOTHING RETURNING id  INSERT, SELECT
 --   UPDATE conversations SET created_at, updated_at, status  UPDATE (those columns)
 -- No DELETE, no TRUNCATE, no UPDATE of a message or of an owner, nothing on
 -- alembic_version, and no DDL: the worker cannot drop or rewrite history.
@@ -23,11 +25,18 @@ BEGIN;
 -- From a clean slate, so that running this again also removes what was
 -- granted by hand.
 REVOKE ALL ON TABLE conversations, messages, alembic_version FROM :"worker";
+-- A new function is executable by PUBLIC; this one only by the worker.
+REVOKE ALL ON FUNCTION
+    chatstore_write_batch(uuid[], varchar[], uuid[], varchar[], text[], jsonb, timestamptz[])
+    FROM PUBLIC, :"worker";
 
 GRANT SELECT ON TABLE conversations, messages TO :"worker";
 GRANT INSERT (id, user_id) ON TABLE conversations TO :"worker";
 GRANT UPDATE (status, created_at, updated_at) ON TABLE conversations TO :"worker";
 GRANT INSERT ON TABLE messages TO :"worker";
+GRANT EXECUTE ON FUNCTION
+    chatstore_write_batch(uuid[], varchar[], uuid[], varchar[], text[], jsonb, timestamptz[])
+    TO :"worker";
 
 -- `users` belongs to the accounts application unless migration 0001 made a
 -- minimal one (then the migrator owns it and grants here). When another role

@@ -1,6 +1,14 @@
-"""Writing a batch of events into PostgreSQL: one transaction, the rules in SQL.
+"""Writing a batch of events into PostgreSQL: one statement, the rules in SQL.
 
-The order of work inside the transaction is what makes concurrent workers safe:
+A batch is one call of the function ``chatstore_write_batch`` (migration
+0002), on an asyncpg prepared statement kept per pooled connection: the
+batch's columns go as arrays, one element per event in delivery order, and
+each event's outcome comes back.
+The call is a statement of its own, outside any ``BEGIN``: PostgreSQL runs it
+in a transaction of its own and commits it before it answers, so a batch
+costs one round trip, commit included, and is atomic like any statement.
+
+Inside the function, the order of work is what makes concurrent workers safe:
 
 1. Which users exist (an event of an unknown user is refused, not inserted).
 2. Which messages are stored already: each is compared with the stored row in
@@ -9,114 +17,59 @@ The order of work inside the transaction is what makes concurrent workers safe:
 3. Every conversation of the remaining events is inserted or, if it exists,
    locked, in one statement in id order. Two workers therefore lock
    conversations in the same order and cannot deadlock, and a conversation new
-   to both gets exactly one owner: the second insert waits for the first and
-   finds its row.
+   to both gets exactly one owner, the user of its first event in delivery
+   order: the second insert waits for the first and finds its row.
 4. The owners are read back (the rows are ours now); an event of another user
    is ``ownership_mismatch``.
 5. Messages are inserted with ``ON CONFLICT (id) DO NOTHING``, in id order. One
    that was not inserted (the same id twice in this batch, or a concurrent
-   worker's insert since step 2) is compared like in step 2.
+   worker's insert since step 2) is compared like in step 2, by a statement
+   of its own, whose snapshot sees that row.
 6. Each conversation's timestamps and status are updated from the events that
    were accepted, with ``LEAST``/``GREATEST``, so arrival order cannot matter,
    and an archived conversation stays archived.
 
+When nothing is left to write after step 2 but some events were stored
+already (a retry of a batch whose commit reached only the primary, its wait
+for the synchronous standby cancelled), their conversations are locked
+``FOR NO KEY UPDATE``: the lock is written to the WAL, so this commit waits
+for the standby too, and the batch is acknowledged only once the standby has
+it.
+
 The worker never deletes: its database role needs SELECT, INSERT and UPDATE
-only. The one leftover this allows is a conversation created in step 3 whose
-only event then turned out, in step 5, to conflict with a message another
-worker stored at that very moment: it stays, without timestamps.
+on the tables, and EXECUTE on the function, which runs with the caller's
+privileges (SECURITY INVOKER). The one leftover this allows is a conversation
+created in step 3 whose only event then turned out, in step 5, to conflict
+with a message another worker stored at that very moment: it stays, without
+timestamps.
+
+Errors are PostgreSQL's own, raised by the statement that failed inside the
+function, with their SQLSTATE and constraint name, so ``worker.faults``
+classifies them as before and a batch with a refused event is halved to find
+it. What SQLAlchemy does on a failed statement of its own, dropping a
+connection that is dead or answers read-only, is done here for this one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, cast
 from uuid import UUID
 
-from sqlalchemy import text
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import AnyEvent, MessageCreated, Reason, Rejection
+from contracts.history.failover import SERVER_CHANGED
 
-_KNOWN_USERS = text("SELECT id FROM users WHERE id = ANY(CAST(:ids AS varchar[]))")
-
-# DO UPDATE ... WHERE false updates nothing but locks the existing row, so one
-# statement takes every conversation's lock, in id order.
-_INSERT_OR_LOCK_CONVERSATIONS = text("""
-    INSERT INTO conversations AS c (id, user_id)
-    SELECT t.id, t.user_id
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:user_ids AS varchar[])) AS t(id, user_id)
-    ORDER BY t.id
-    ON CONFLICT (id) DO UPDATE SET status = c.status WHERE false
-""")
-
-_OWNERS = text("SELECT id, user_id FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))")
-# Locks without changing anything: a row lock is written to the WAL, a plain
-# read is not (nor is a transaction id alone).
-_LOCK_CONVERSATIONS = text("""
-    SELECT id FROM conversations WHERE id = ANY(CAST(:ids AS uuid[]))
-    ORDER BY id FOR NO KEY UPDATE
-""")
-
-# WITH ORDINALITY and the sort on it: of two rows with one id in a batch, the
-# earlier one is inserted and the later one compared with it.
-# The batch's metadata arrive as one JSON array (one dumps call per batch);
-# this turns it back into a jsonb[] in order, a JSON null into SQL NULL.
-_METADATA = """ARRAY(
-            SELECT NULLIF(m.value, 'null') FROM jsonb_array_elements(CAST(:metadata AS jsonb))
-                WITH ORDINALITY AS m(value, n)
-            ORDER BY m.n
-        )"""
-
-_INSERT_MESSAGES = text(f"""
-    INSERT INTO messages (id, conversation_id, user_id, role, content, metadata, created_at)
-    SELECT t.id, t.conversation_id, t.user_id, t.role, t.content, t.metadata, t.created_at
-    FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:conversation_ids AS uuid[]), CAST(:user_ids AS varchar[]),
-        CAST(:roles AS varchar[]), CAST(:contents AS text[]),
-        {_METADATA},
-        CAST(:created_at AS timestamptz[])
-    ) WITH ORDINALITY
-        AS t(id, conversation_id, user_id, role, content, metadata, created_at, position)
-    ORDER BY t.id, t.position
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-""")
-
-_SAME_AS_STORED = text(f"""
-    SELECT t.position,
-           m.conversation_id = t.conversation_id
-           AND m.user_id = t.user_id
-           AND m.role = t.role
-           AND m.content = t.content
-           AND m.metadata IS NOT DISTINCT FROM t.metadata
-           AND m.created_at = t.created_at AS same
-    FROM unnest(
-        CAST(:positions AS integer[]), CAST(:ids AS uuid[]),
-        CAST(:conversation_ids AS uuid[]), CAST(:user_ids AS varchar[]),
-        CAST(:roles AS varchar[]), CAST(:contents AS text[]),
-        {_METADATA},
-        CAST(:created_at AS timestamptz[])
-    ) AS t(position, id, conversation_id, user_id, role, content, metadata, created_at)
-    JOIN messages AS m ON m.id = t.id
-""")
-
-_UPDATE_CONVERSATIONS = text("""
-    UPDATE conversations AS c SET
-        created_at = LEAST(c.created_at, f.first_at),
-        updated_at = GREATEST(c.updated_at, f.last_at),
-        status = CASE WHEN f.archived THEN 'archived' ELSE c.status END
-    FROM (
-        SELECT t.id, min(t.at) AS first_at, max(t.at) AS last_at, bool_or(t.archived) AS archived
-        FROM unnest(
-            CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[]), CAST(:archived AS boolean[])
-        ) AS t(id, at, archived)
-        GROUP BY t.id
-    ) AS f
-    WHERE c.id = f.id
-""")
+_WRITE_BATCH: Final = "SELECT event, outcome FROM chatstore_write_batch($1, $2, $3, $4, $5, $6, $7)"
+# Where a pooled connection keeps its prepared _WRITE_BATCH (SQLAlchemy's
+# per-connection info, emptied when the pool replaces the connection).
+_PREPARED: Final = "chatstore.write_batch"
 
 
 @dataclass(slots=True)
@@ -142,150 +95,150 @@ class WriteResult:
 
 async def write_batch(engine: AsyncEngine, events: Sequence[AnyEvent]) -> WriteResult:
     """Store ``events`` in one transaction; returns once it has committed."""
-    async with engine.begin() as connection:
-        return await _write(connection, events)
+    if not events:
+        return WriteResult()
+    arguments = _arguments(events)
+    async with engine.connect() as connection:
+        rows = await _call(connection, arguments)
+    return _result(events, rows)
 
 
-async def _write(connection: AsyncConnection, events: Sequence[AnyEvent]) -> WriteResult:
-    result = WriteResult()
-    user_ids = sorted({event.data.user_id for event in events})
-    known_users = set((await connection.execute(_KNOWN_USERS, {"ids": user_ids})).scalars())
-    for position, event in enumerate(events):
-        if event.data.user_id not in known_users:
-            result.rejections[position] = Rejection(
-                Reason.UNKNOWN_USER, f"user {event.data.user_id[:255]!r} does not exist"
-            )
+async def _call(connection: AsyncConnection, arguments: list[Any]) -> list[asyncpg.Record]:
+    """Run the function on the pooled connection's asyncpg driver, in autocommit.
 
-    messages = [
-        (position, event)
-        for position, event in enumerate(events)
-        if isinstance(event, MessageCreated) and position not in result.rejections
-    ]
-    if messages:
-        await _compare_with_stored(connection, messages, result, settled_only=False)
+    SQLAlchemy never begins a transaction on this connection (it runs nothing
+    on it), so it sends no BEGIN or ROLLBACK either.
+    """
+    driver = await _driver(connection)
+    if driver.is_closed():  # closed by the server while it sat in the pool
+        await connection.invalidate()
+        driver = await _driver(connection)
+    try:
+        statement = await _prepared(connection, driver)
+        return await statement.fetch(*arguments)
+    except BaseException as error:
+        if _connection_spoilt(error, driver):
+            # As SQLAlchemy does for its own statements (and, for a read-only
+            # answer, contracts.history.failover): never pool it again.
+            with contextlib.suppress(Exception):
+                await connection.invalidate(error)
+        raise
 
-    # Owner from first sight: the first remaining event (in delivery order).
-    first_user: dict[UUID, str] = {}
-    for position, event in enumerate(events):
-        if position not in result.rejections and position not in result.settled:
-            first_user.setdefault(event.data.conversation_id, event.data.user_id)
-    if not first_user:
-        if result.settled:
-            # Stored already, perhaps by an attempt whose commit reached only the
-            # primary (its wait for a synchronous standby was cancelled). Writing
-            # to the WAL makes this commit wait for the standby as well, so the
-            # batch is acknowledged only once the standby has it. Id order: the
-            # lock order of every batch.
-            stored = sorted({events[position].data.conversation_id for position in result.settled})
-            await connection.execute(_LOCK_CONVERSATIONS, {"ids": stored})
-        return result
 
-    conversation_ids = list(first_user)
-    await connection.execute(
-        _INSERT_OR_LOCK_CONVERSATIONS,
-        {"ids": conversation_ids, "user_ids": list(first_user.values())},
-    )
-    owners: dict[UUID, str] = {
-        row.id: row.user_id for row in await connection.execute(_OWNERS, {"ids": conversation_ids})
-    }
+async def _driver(connection: AsyncConnection) -> asyncpg.Connection:
+    raw = await connection.get_raw_connection()
+    return cast(asyncpg.Connection, raw.driver_connection)
 
-    new_messages: list[tuple[int, MessageCreated]] = []
-    accepted: list[tuple[UUID, datetime, bool]] = []
-    for position, event in enumerate(events):
-        if position in result.rejections or position in result.settled:
-            continue
-        if event.data.user_id != owners[event.data.conversation_id]:
-            result.rejections[position] = Rejection(
-                Reason.OWNERSHIP_MISMATCH,
-                f"conversation {event.data.conversation_id} belongs to another user",
-            )
-        elif isinstance(event, MessageCreated):
-            new_messages.append((position, event))
+
+async def _prepared(
+    connection: AsyncConnection, driver: asyncpg.Connection
+) -> asyncpg.prepared_stmt.PreparedStatement[asyncpg.Record]:
+    """_WRITE_BATCH prepared on ``driver``, once per connection.
+
+    With asyncpg's statement cache on, ``prepare`` makes a named statement
+    that lives as long as the connection: each later batch is one round
+    trip. With it off (``CHATSTORE_DATABASE_POOL_MODE=transaction``) it makes
+    an unnamed one, which asyncpg parses again in the round trip that runs
+    it, so no statement outlives the call on a pooler's server connection;
+    keeping the object still spares the round trip that asks for its types.
+    """
+    cached = connection.info.get(_PREPARED)
+    if cached is not None and cached[0] is driver:
+        return cast("asyncpg.prepared_stmt.PreparedStatement[asyncpg.Record]", cached[1])
+    statement = await driver.prepare(_WRITE_BATCH)
+    connection.info[_PREPARED] = (driver, statement)
+    return statement
+
+
+def _connection_spoilt(error: BaseException, driver: asyncpg.Connection) -> bool:
+    """Whether the connection is no use after ``error``.
+
+    A PostgreSQL error on the data leaves it clean: the statement's own
+    transaction is rolled back by the server. Anything else (a connection
+    lost, a timeout or a cancellation in the middle of the call) leaves it in
+    a state nobody knows, and a server that is going away or answers
+    read-only will give the next batch the same answer.
+    """
+    if driver.is_closed() or not isinstance(error, asyncpg.PostgresError):
+        return True
+    sqlstate = error.sqlstate or ""
+    return sqlstate in SERVER_CHANGED or sqlstate.startswith("08")
+
+
+def _arguments(events: Sequence[AnyEvent]) -> list[Any]:
+    """The function's arguments: one array per column, an element per event.
+
+    An archive has no message id, role, content or metadata; its time is its
+    ``archived_at``. The metadata go as one JSON array (one dumps call per
+    batch), which the function turns back into a value per event.
+    """
+    conversation_ids: list[UUID] = []
+    user_ids: list[str] = []
+    message_ids: list[UUID | None] = []
+    roles: list[str | None] = []
+    contents: list[str | None] = []
+    metadata: list[dict[str, Any] | None] = []
+    ats: list[datetime] = []
+    for event in events:
+        conversation_ids.append(event.data.conversation_id)
+        user_ids.append(event.data.user_id)
+        if isinstance(event, MessageCreated):
+            message_ids.append(event.data.message_id)
+            roles.append(event.data.role)
+            contents.append(event.data.content)
+            metadata.append(event.data.metadata)
+            ats.append(event.data.created_at)
         else:
-            result.archived += 1
-            accepted.append((event.data.conversation_id, event.data.archived_at, True))
-    if new_messages:
-        accepted += await _insert_messages(connection, new_messages, result)
+            message_ids.append(None)
+            roles.append(None)
+            contents.append(None)
+            metadata.append(None)
+            ats.append(event.data.archived_at)
+    return [
+        conversation_ids,
+        user_ids,
+        message_ids,
+        roles,
+        contents,
+        json.dumps(metadata, ensure_ascii=False, separators=(",", ":")),
+        ats,
+    ]
 
-    if accepted:
-        ids, ats, archived = zip(*accepted, strict=True)
-        await connection.execute(
-            _UPDATE_CONVERSATIONS, {"ids": list(ids), "ats": list(ats), "archived": list(archived)}
+
+def _result(events: Sequence[AnyEvent], rows: Sequence[asyncpg.Record]) -> WriteResult:
+    """The function's outcomes (positions counted from 1) as a :class:`WriteResult`."""
+    if len(rows) != len(events):
+        raise RuntimeError(
+            f"chatstore_write_batch returned {len(rows)} outcomes for {len(events)} events"
         )
+    result = WriteResult()
+    for row in rows:
+        position = row[0] - 1
+        outcome = row[1]
+        if outcome == "inserted":
+            result.inserted += 1
+        elif outcome == "duplicate":
+            result.duplicates += 1
+            result.settled.add(position)
+        elif outcome == "archived":
+            result.archived += 1
+        else:
+            result.rejections[position] = _rejection(outcome, events[position])
     return result
 
 
-def _message_columns(messages: Sequence[tuple[int, MessageCreated]]) -> dict[str, Any]:
-    return {
-        "ids": [event.data.message_id for _, event in messages],
-        "conversation_ids": [event.data.conversation_id for _, event in messages],
-        "user_ids": [event.data.user_id for _, event in messages],
-        "roles": [event.data.role for _, event in messages],
-        "contents": [event.data.content for _, event in messages],
-        "metadata": json.dumps(
-            [event.data.metadata for _, event in messages],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ),
-        "created_at": [event.data.created_at for _, event in messages],
-    }
-
-
-async def _insert_messages(
-    connection: AsyncConnection,
-    messages: list[tuple[int, MessageCreated]],
-    result: WriteResult,
-) -> list[tuple[UUID, datetime, bool]]:
-    """Insert; classify the ones not inserted; return the accepted ones' facts."""
-    inserted_ids = set(
-        (await connection.execute(_INSERT_MESSAGES, _message_columns(messages))).scalars()
-    )
-    # Of two events with one message id in this batch, only the first can be
-    # "inserted"; the second is compared with it like any earlier row.
-    fresh: set[UUID] = set()
-    collided: list[tuple[int, MessageCreated]] = []
-    for position, event in messages:
-        message_id = event.data.message_id
-        if message_id in inserted_ids and message_id not in fresh:
-            fresh.add(message_id)
-        else:
-            collided.append((position, event))
-    result.inserted += len(fresh)
-    if collided:
-        await _compare_with_stored(connection, collided, result, settled_only=True)
-    return [
-        (event.data.conversation_id, event.data.created_at, False)
-        for position, event in messages
-        if position not in result.rejections
-    ]
-
-
-async def _compare_with_stored(
-    connection: AsyncConnection,
-    messages: list[tuple[int, MessageCreated]],
-    result: WriteResult,
-    *,
-    settled_only: bool,
-) -> None:
-    """Mark messages whose id is stored already as duplicates or conflicts.
-
-    With ``settled_only``, every message is known to be stored (its insert did
-    nothing), and one missing from the join is a conflict all the same.
-    """
-    rows = await connection.execute(
-        _SAME_AS_STORED,
-        {"positions": [position for position, _ in messages]} | _message_columns(messages),
-    )
-    same = {row.position: row.same for row in rows}
-    for position, event in messages:
-        if position not in same and not settled_only:
-            continue  # not stored yet: a new message
-        if same.get(position):
-            result.duplicates += 1
-            result.settled.add(position)
-        else:
-            result.rejections[position] = Rejection(
-                Reason.CONFLICT,
-                f"message {event.data.message_id} was stored before with other "
-                "content, conversation, user, role, metadata or time",
-            )
+def _rejection(outcome: str, event: AnyEvent) -> Rejection:
+    if outcome == "unknown_user":
+        return Rejection(Reason.UNKNOWN_USER, f"user {event.data.user_id[:255]!r} does not exist")
+    if outcome == "ownership_mismatch":
+        return Rejection(
+            Reason.OWNERSHIP_MISMATCH,
+            f"conversation {event.data.conversation_id} belongs to another user",
+        )
+    if outcome == "conflict" and isinstance(event, MessageCreated):
+        return Rejection(
+            Reason.CONFLICT,
+            f"message {event.data.message_id} was stored before with other "
+            "content, conversation, user, role, metadata or time",
+        )
+    raise RuntimeError(f"chatstore_write_batch returned the outcome {outcome!r} for {event.type}")
