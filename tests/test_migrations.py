@@ -57,7 +57,7 @@ async def test_the_alembic_command_upgrades_and_checks_from_the_checkout(
             run_program, alembic, *arguments, database_url=database_url, cwd=ROOT
         )
         assert result.returncode == 0, (arguments, result.stderr)
-    assert "0001 (head)" in result.stdout
+    assert "0002 (head)" in result.stdout
     assert await tables(empty_database_url) == [
         "alembic_version",
         "conversations",
@@ -204,7 +204,7 @@ async def test_migrate_creates_a_missing_database_and_a_second_run_changes_nothi
         assert first.returncode == 0, first.stderr
         assert "Running upgrade  -> 0001" in first.stderr
         versions = await fetch_all(url, "SELECT version_num FROM alembic_version")
-        assert [row["version_num"] for row in versions] == ["0001"]
+        assert [row["version_num"] for row in versions] == ["0002"]
         oids_before = await fetch_all(url, "SELECT oid, relname FROM pg_class ORDER BY oid")
 
         second = await asyncio.to_thread(run_cli, "migrate", database_url=plain, cwd=tmp_path)

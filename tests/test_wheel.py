@@ -39,6 +39,7 @@ SHIPPED = (
     "worker/migrations/env.py",
     "worker/migrations/script.py.mako",
     "worker/migrations/versions/0001_conversations_and_messages.py",
+    "worker/migrations/versions/0002_write_batch_function.py",
     "contracts/schemas/event.schema.json",
     "contracts/schemas/asyncapi.yaml",
     "contracts/testing.py",
@@ -236,5 +237,5 @@ def test_the_installed_chatstore_migrate_creates_the_database_and_upgrades_it_to
     assert {"conversations", "messages", "alembic_version"} <= {row[0] for row in tables}
     versions = asyncio.run(fetch_all(missing_database, "SELECT version_num FROM alembic_version"))
     head = ScriptDirectory(str(ROOT / "alembic")).get_current_head()
-    assert head == "0001"
+    assert head == "0002"
     assert [row[0] for row in versions] == [head]
