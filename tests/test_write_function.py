@@ -19,14 +19,15 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from structlog.testing import capture_logs
 
 from contracts import AnyEvent, ConversationArchived, MessageCreated, Reason, decode
 from contracts.history import transaction_pooling_args
 from tests.db import connect, fetch_all
 from tests.events import body, conversation_archived, message_created
-from tests.harness import add_users, wait_for
+from tests.harness import add_users, wait_for, worker_settings
 from tests.test_least_privilege import Roles, roles
-from worker import migrate
+from worker import exits, lifecycle, migrate
 from worker.faults import Fault, classify, constraint_of, sqlstate_of
 from worker.ingest.store import write_batch
 
@@ -126,6 +127,43 @@ async def test_only_the_worker_role_and_the_owner_may_execute_the_function(
     finally:
         await engine.dispose()
     assert result.inserted == 1
+
+
+async def test_a_worker_on_a_schema_before_0002_stops_at_start_and_names_migrate(
+    empty_database_url: URL, amqp_url: str
+) -> None:
+    # A schema at 0001: `chatstore migrate` was not run after the upgrade.
+    await asyncio.to_thread(migrate.upgrade, empty_database_url, "0001")
+    with capture_logs() as logs:
+        code = await lifecycle.run(
+            worker_settings(empty_database_url, amqp_url), handle_signals=False
+        )
+    (fatal,) = [entry for entry in logs if entry["event"] == "worker.fatal"]
+    assert code == exits.FAILURE
+    assert 'function "chatstore_write_batch(uuid[]' in fatal["error"]
+    assert "does not exist" in fatal["error"]
+    assert "did `chatstore migrate` run?" in fatal["error"]
+
+
+async def test_a_worker_role_that_may_not_run_the_function_stops_at_start_and_names_grants(
+    roles: Roles, amqp_url: str
+) -> None:
+    # The function is there, but the grants were not run again after it.
+    connection = await connect(roles.migrator)
+    try:
+        await connection.execute(
+            f'REVOKE EXECUTE ON FUNCTION {SIGNATURE} FROM "{roles.worker.username}"'
+        )
+    finally:
+        await connection.close()
+    with capture_logs() as logs:
+        code = await lifecycle.run(worker_settings(roles.worker, amqp_url), handle_signals=False)
+    (fatal,) = [entry for entry in logs if entry["event"] == "worker.fatal"]
+    assert code == exits.FAILURE
+    assert fatal["error"] == (
+        f"the database role may not EXECUTE {SIGNATURE}; "
+        "run deploy/postgres/grants.sql as the tables' owner"
+    )
 
 
 # --- one statement ----------------------------------------------------------

@@ -34,6 +34,7 @@ from worker.ingest.batch import BatchPolicy
 from worker.ingest.consumer import BrokerLostError, Consumer
 from worker.ingest.deadletter import DeadLetterRefusedError
 from worker.ingest.flush import FatalError, Flusher
+from worker.ingest.store import WRITE_FUNCTION
 from worker.ingest.watchdog import WatchdogError
 from worker.metrics import Metrics
 from worker.settings import Settings
@@ -197,6 +198,13 @@ class _Worker:
             try:
                 async with self._engine.connect() as connection:
                     await connection.execute(text("SELECT 1 FROM conversations, messages LIMIT 0"))
+                    # A schema before migration 0002 has no write function
+                    # (42883, fatal below); one without the grant would fail
+                    # only at the first batch.
+                    may_write = await connection.scalar(
+                        text("SELECT has_function_privilege(:function, 'EXECUTE')"),
+                        {"function": WRITE_FUNCTION},
+                    )
             except Exception as error:
                 if classify(error) is not Fault.TRANSIENT:
                     raise FatalError(
@@ -208,6 +216,11 @@ class _Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
             else:
+                if not may_write:
+                    raise FatalError(
+                        f"the database role may not EXECUTE {WRITE_FUNCTION}; "
+                        "run deploy/postgres/grants.sql as the tables' owner"
+                    )
                 self._readiness.database = True
                 return
 

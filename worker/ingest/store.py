@@ -67,6 +67,10 @@ from contracts import AnyEvent, MessageCreated, Reason, Rejection
 from contracts.history.failover import SERVER_CHANGED
 
 _WRITE_BATCH: Final = "SELECT event, outcome FROM chatstore_write_batch($1, $2, $3, $4, $5, $6, $7)"
+WRITE_FUNCTION: Final = (
+    "chatstore_write_batch(uuid[], varchar[], uuid[], varchar[], text[], jsonb, timestamptz[])"
+)
+"""The function every batch calls, as ``has_function_privilege`` names it."""
 # Where a pooled connection keeps its prepared _WRITE_BATCH (SQLAlchemy's
 # per-connection info, emptied when the pool replaces the connection).
 _PREPARED: Final = "chatstore.write_batch"
