@@ -25,11 +25,14 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.db import connect, fetch_all
+from tests.events import message_created
 from tests.harness import (
     add_users,
     count,
+    publish,
     queue_depth,
     running_worker,
+    table_has,
     take_dead_letters,
     wait_for,
     worker_environment,
@@ -56,17 +59,20 @@ async def fill(
     status: str,
     updated_at: datetime | None,
     user: str = "alice",
+    ids: list[uuid.UUID] | None = None,
 ) -> list[uuid.UUID]:
     """``conversations`` rows with ``messages_each`` messages each, all at or before
-    ``updated_at`` (none without timestamps); their ids."""
+    ``updated_at`` (none without timestamps); their ids (``ids`` if given, in order)."""
     rows = await fetch_all(
         url,
         "INSERT INTO conversations (id, user_id, status, created_at, updated_at)"
-        " SELECT gen_random_uuid(), $1, $2, $3, $3 FROM generate_series(1, $4) RETURNING id",
+        " SELECT coalesce(($5::uuid[])[n], gen_random_uuid()), $1, $2, $3, $3"
+        " FROM generate_series(1, $4) AS n RETURNING id",
         user,
         status,
         updated_at,
         conversations,
+        ids,
     )
     ids = [row["id"] for row in rows]
     if messages_each:
@@ -270,7 +276,7 @@ async def test_purge_deletes_only_what_was_archived_before_the_date_and_its_mess
         purge_settings, cutoff=CUTOFF, bounds=small, dry_run=False, stop=asyncio.Event()
     )
     assert (report.conversations, report.messages, report.batches) == (30, 150, 8)
-    assert (report.interrupted, report.skipped) == (False, 0)
+    assert (report.interrupted, report.retries) == (False, 0)
     left = await statuses(database_url)
     kept = groups["archived_after"] + groups["active_old"] + groups["active_bare"]
     assert set(left) == set(kept)
@@ -309,16 +315,27 @@ async def _lock_row(url: URL, conversation_id: uuid.UUID) -> tuple[asyncpg.Conne
     return connection, transaction
 
 
-async def _someone_waits_for_a_lock(url: URL) -> bool:
-    rows = await fetch_all(
+async def _lock_waiters(url: URL) -> list[asyncpg.Record]:
+    """The backends of this database waiting for a lock: ``pid`` and ``query``."""
+    return await fetch_all(
         url,
-        "SELECT count(*) AS n FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        "SELECT pid, query FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock' ORDER BY pid",
     )
-    return int(rows[0]["n"]) > 0
 
 
-async def test_the_delete_checks_again_and_spares_a_row_changed_after_the_batch_read_it(
+async def _someone_waits_for_a_lock(url: URL) -> bool:
+    return len(await _lock_waiters(url)) > 0
+
+
+def _waiting(url: URL, backends: int) -> Any:
+    async def check() -> bool:
+        return len(await _lock_waiters(url)) >= backends
+
+    return check
+
+
+async def test_a_batch_meeting_rows_changed_after_it_read_them_is_tried_again_and_spares_them(
     purge_settings: Settings, database_url: URL
 ) -> None:
     ids = sorted(
@@ -326,26 +343,111 @@ async def test_the_delete_checks_again_and_spares_a_row_changed_after_the_batch_
             database_url, conversations=20, messages_each=3, status="archived", updated_at=LONG_AGO
         )
     )
-    changed = ids[10]
-    connection, transaction = await _lock_row(database_url, changed)
+    moved, reopened = ids[10], ids[11]
+    connection, transaction = await _lock_row(database_url, moved)
+    # Both, so the DELETE takes neither before we change them, whatever its order.
+    await connection.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", reopened)
     slow = Bounds(conversations=500, messages=20_000, timeout_s=30, lock_timeout_s=30)
     running = asyncio.create_task(
         purge(purge_settings, cutoff=CUTOFF, bounds=slow, dry_run=False, stop=asyncio.Event())
     )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
-        # What no worker does (an archive is sticky), and what the DELETE must
-        # still refuse: the row it read as archived is active by now.
+        # Each alone, after the batch read them: what a worker's late message
+        # does (updated_at past the cutoff), and what no worker does (an
+        # archive is sticky) but the DELETE must still refuse.
+        await connection.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", moved)
         await connection.execute(
-            "UPDATE conversations SET status = 'active', updated_at = now() WHERE id = $1", changed
+            "UPDATE conversations SET status = 'active' WHERE id = $1", reopened
         )
         await transaction.commit()
     finally:
         await connection.close()
     report = await asyncio.wait_for(running, timeout=30)
-    assert (report.conversations, report.messages, report.skipped) == (19, 57, 1)
-    assert await statuses(database_url) == {changed: "active"}
-    assert await messages_by_conversation(database_url) == {changed: 3}
+    # The batch saw a row newer than its snapshot: rolled back, tried again
+    # on a new one, which no longer holds the two.
+    assert (report.conversations, report.messages, report.retries) == (18, 54, 1)
+    assert str(report.last_error).startswith("40001: could not serialize access")
+    assert await statuses(database_url) == {moved: "archived", reopened: "active"}
+    assert await messages_by_conversation(database_url) == {moved: 3, reopened: 3}
+
+
+@pytest.mark.parametrize("stored_first", [True, False], ids=["stored-first", "deleted-first"])
+async def test_a_late_message_during_a_purge_is_deleted_and_counted_or_starts_a_new_conversation(
+    settings: Settings, database_url: URL, amqp_url: str, stored_first: bool
+) -> None:
+    # Two rows in one batch, x before y both in id order and in the table, so
+    # the DELETE reaches x first whichever way it scans.
+    x, y = [
+        (
+            await fill(
+                database_url,
+                conversations=1,
+                messages_each=2,
+                status="archived",
+                updated_at=LONG_AGO,
+                ids=[i],
+            )
+        )[0]
+        for i in sorted([uuid.uuid4(), uuid.uuid4()])
+    ]
+    slow = Bounds(conversations=500, messages=20_000, timeout_s=30, lock_timeout_s=30)
+    maintenance = maintenance_settings(settings)
+
+    def purging() -> asyncio.Task[Any]:
+        return asyncio.create_task(
+            purge(maintenance, cutoff=CUTOFF, bounds=slow, dry_run=False, stop=asyncio.Event())
+        )
+
+    async with running_worker(settings):
+        if stored_first:
+            # The worker's batch takes x's lock first (it waits for ours), the
+            # purge's DELETE waits behind it: the late message, created before
+            # the cutoff, is stored and acked before the delete reaches x.
+            late = message_created(
+                conversation_id=str(x),
+                user_id="alice",
+                created_at=(CUTOFF - timedelta(days=1)).isoformat(),
+            )
+            connection, transaction = await _lock_row(database_url, x)
+            await publish(amqp_url, [late])
+            await wait_for(_waiting(database_url, 1), what="the worker waiting for x")
+            running = purging()
+            await wait_for(_waiting(database_url, 2), what="the purge waiting behind it")
+        else:
+            # The purge deletes x, then waits for y; bob's late message for
+            # alice's x waits for the purge's uncommitted delete of x.
+            late = message_created(conversation_id=str(x), user_id="bob")
+            connection, transaction = await _lock_row(database_url, y)
+            running = purging()
+            await wait_for(_waiting(database_url, 1), what="the purge waiting for y")
+            await publish(amqp_url, [late])
+            await wait_for(_waiting(database_url, 2), what="the worker waiting for the purge")
+        await transaction.rollback()
+        await connection.close()
+        report = await asyncio.wait_for(running, timeout=30)
+        if not stored_first:
+            await wait_for(table_has(database_url, "messages", 1), what="the late message stored")
+    # The worker drained on leaving: every event acked, none dead-lettered.
+    assert await queue_depth(amqp_url) == 0
+    assert await take_dead_letters(amqp_url) == []
+    stored = await fetch_all(
+        database_url,
+        "SELECT c.id, c.user_id, c.status, m.id AS message_id"
+        " FROM conversations AS c JOIN messages AS m ON m.conversation_id = c.id",
+    )
+    if stored_first:
+        # Deleted with its conversation, and counted: 2 + 2 old and the late one.
+        assert (report.conversations, report.messages, report.retries) == (2, 5, 1)
+        assert str(report.last_error).startswith("40001")
+        assert stored == []
+    else:
+        # The delete won: the worker made x anew, active, bob's, holding only
+        # the late message (the purge forgot alice).
+        assert (report.conversations, report.messages, report.retries) == (2, 4, 0)
+        assert [tuple(row) for row in stored] == [
+            (x, "bob", "active", uuid.UUID(late["data"]["message_id"]))
+        ]
 
 
 async def test_a_batch_out_of_time_is_halved_one_out_of_lock_time_retried_then_given_up(

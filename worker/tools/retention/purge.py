@@ -17,7 +17,8 @@ it, when one conversation alone is too slow or the retries keep failing.
 A worker may store a late message for a conversation while it is purged: if
 the delete wins, the worker, which creates conversations on first sight,
 makes a new active conversation holding only the late messages, owned by
-that message's user (archive it again later).
+that message's user, whoever owned the purged one: the purge forgot the
+owner (archive it again later).
 """
 
 from __future__ import annotations
@@ -86,7 +87,6 @@ class PurgeReport:
             "candidates": self.candidates,
             "conversations": self.conversations,
             "messages": self.messages,
-            "skipped": self.skipped,
             "batches": self.batches,
             "retries": self.retries,
             "batch_size": self.batch_size,
@@ -104,24 +104,36 @@ class PurgeReport:
             f"archived before {self.cutoff.isoformat()}, in {self.batches:,} batches "
             f"({self.elapsed_s:.1f} s)"
         ]
-        if self.skipped:
-            lines.append(f"left {self.skipped:,} that a worker changed meanwhile (no longer due)")
         if self.retries:
             lines.append(f"{self.retries} batches tried again; last failure: {self.last_error}")
         if self.stop_reason == "signal":
             lines.append("interrupted by a signal after a committed batch: run it again to go on")
         elif self.stop_reason == "retries":
             lines.append(f"gave up after {RETRIES_IN_A_ROW} failed attempts at one batch")
+        elif self.stop_reason == "error":
+            lines.append(f"stopped by an error: {self.last_error}; run it again to go on")
         return "\n".join(lines)
+
+    def stop(self, reason: str) -> None:
+        self.interrupted, self.stop_reason = True, reason
 
 
 def maintenance_engine(settings: Settings, bounds: Bounds) -> AsyncEngine:
-    """One connection to ``settings``' database; the server's timeouts bound each batch."""
+    """One connection to ``settings``' database; the server's timeouts bound each batch.
+
+    REPEATABLE READ: a batch's counts and its DELETE see one snapshot (see
+    :mod:`.batches`).
+    """
     arguments = connect_args(settings)
-    # The client's own timeout only catches a server that stopped answering.
+    # The client's own timeout only catches a server that stopped answering
+    # (and a COMMIT waiting too long for a synchronous standby: see .batches).
     arguments["command_timeout"] = bounds.timeout_s + settings.database_timeout_s
     return create_async_engine(
-        settings.sqlalchemy_url, pool_size=1, max_overflow=0, connect_args=arguments
+        settings.sqlalchemy_url,
+        pool_size=1,
+        max_overflow=0,
+        connect_args=arguments,
+        isolation_level="REPEATABLE READ",
     )
 
 
@@ -205,7 +217,6 @@ async def purge(
                 report.batches += 1
                 report.conversations += result.conversations
                 report.messages += result.messages
-                report.skipped += result.examined - result.conversations
                 progress.advance(result.examined)
                 if narrate:
                     log.info(
