@@ -238,6 +238,40 @@ async def test_an_archive_stopped_midway_stops_after_the_events_in_hand(
     assert await queue_depth(amqp_url) == report.published
 
 
+async def test_an_archive_whose_database_fails_midway_stops_with_its_report(
+    settings: Settings, database_url: URL, amqp_url: str
+) -> None:
+    await fill(database_url, conversations=5000, messages_each=0, status="active", updated_at=None)
+    running = asyncio.create_task(
+        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event())
+    )
+
+    async def under_way() -> bool:
+        return running.done() or await queue_depth(amqp_url) >= 200
+
+    await wait_for(under_way, what="the archive under way")
+    # The next page waits for our lock; its backend is then terminated.
+    connection = await connect(database_url)
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        await connection.execute("LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE")
+        await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="a page waiting")
+        [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
+        await connection.execute("SELECT pg_terminate_backend($1)", backend)
+        report = await asyncio.wait_for(running, timeout=60)
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    assert (report.interrupted, report.stop_reason, report.failed) == (True, "error", 0)
+    # The server's notice or the dropped socket, whichever the driver saw first.
+    assert str(report.last_error).split(":")[0] in {"57P01", "08003"}, report.last_error
+    assert "\n" not in str(report.last_error)
+    assert report.published % 500 == 0  # whole pages, each published before the next read
+    assert 500 <= report.published < 5000
+    assert await queue_depth(amqp_url) == report.published
+
+
 # --- purge -----------------------------------------------------------------
 
 
@@ -552,6 +586,105 @@ async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun
     finished = json.loads(rerun.stdout)
     assert (finished["conversations"], finished["messages"]) == (290, 2900)
     assert finished["interrupted"] is False
+    assert await messages_by_conversation(database_url) == {i: 10 for i in kept}
+
+
+async def _backend_gone(url: URL, pid: int) -> bool:
+    rows = await fetch_all(url, "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", pid)
+    return int(rows[0]["n"]) == 0
+
+
+async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_gives_the_report(
+    purge_settings: Settings, database_url: URL, services_admin_url: URL, tmp_path: Path
+) -> None:
+    ids = sorted(
+        await fill(
+            database_url,
+            conversations=400,
+            messages_each=10,
+            status="archived",
+            updated_at=LONG_AGO,
+        )
+    )
+    kept = await fill(
+        database_url, conversations=5, messages_each=10, status="active", updated_at=LONG_AGO
+    )
+    environment = worker_environment(maintenance_settings(purge_settings))
+    batches_of_10 = ("--batch-size", "10", "--lock-timeout", "60", "--json")
+
+    # 1. SIGKILL while the 11th batch of 10 waits for our lock on one of its rows.
+    connection, transaction = await _lock_row(database_url, ids[105])
+    killed = await asyncio.create_subprocess_exec(
+        *_purge_command(*batches_of_10),
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "killed.log").open("wb"),
+    )
+    try:
+        await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
+        [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
+        killed.kill()
+        await killed.wait()
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    # Its backend runs the DELETE once our lock is gone, but never gets a COMMIT.
+    await wait_for(lambda: _backend_gone(database_url, backend), what="the killed backend gone")
+    left = await messages_by_conversation(database_url)
+    assert set(left) == set(ids[100:]) | set(kept)  # exactly ten batches
+    assert set(left.values()) == {10}  # each with all its messages
+
+    # 2. The database fails under the 11th batch of the next run (its backend
+    # terminated, as in a failover, and no new connection accepted): the run
+    # stops with its report, which counts the ten batches it committed.
+    connection, transaction = await _lock_row(database_url, ids[205])
+    admin = await asyncpg.connect(services_admin_url.render_as_string(hide_password=False))
+    database = f'"{database_url.database}"'
+    failed = await asyncio.create_subprocess_exec(
+        *_purge_command(*batches_of_10),
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "failed.log").open("wb"),
+    )
+    try:
+        await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
+        [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        await admin.execute("SELECT pg_terminate_backend($1)", backend)
+        stdout, _ = await asyncio.wait_for(failed.communicate(), timeout=60)
+    finally:
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        await admin.close()
+        await transaction.rollback()
+        await connection.close()
+        if failed.returncode is None:
+            failed.kill()
+            await failed.wait()
+    assert failed.returncode == exits.FAILURE, (tmp_path / "failed.log").read_text()
+    report = json.loads(stdout)
+    assert (report["interrupted"], report["stop_reason"]) == (True, "error")
+    assert (report["conversations"], report["messages"], report["batches"]) == (100, 1000, 10)
+    # Terminated: tried again on a new connection, which the database refused.
+    assert report["retries"] == 1
+    assert report["last_error"].startswith("55000: "), report["last_error"]
+    assert "not currently accepting connections" in report["last_error"]
+    left = await messages_by_conversation(database_url)
+    assert set(left) == set(ids[200:]) | set(kept)
+    assert set(left.values()) == {10}
+
+    # 3. A rerun finishes.
+    rerun = await asyncio.to_thread(
+        subprocess.run,
+        _purge_command("--json"),
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rerun.returncode == exits.OK, rerun.stderr
+    finished = json.loads(rerun.stdout)
+    assert (finished["conversations"], finished["messages"]) == (200, 2000)
     assert await messages_by_conversation(database_url) == {i: 10 for i in kept}
 
 

@@ -22,7 +22,14 @@ message.
 The table is read in pages in id order (keyset), each page its own short
 read, so memory stays bounded and no transaction stays open while
 publishing. A rerun finds only the conversations still active: one whose
-event waits in the queue is published again, which the worker absorbs.
+event waits in the queue is published again, which the worker absorbs. A
+database error midway stops the run (``stop_reason`` ``"error"``) with the
+report of what was published so far.
+
+A conversation may receive a message between the page that read it as idle
+and the worker storing its archive: it is archived all the same (the archive
+is sticky), and the message is stored in it. Messages still land in an
+archived conversation, and its purge waits for its latest one.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from worker import topology
 from worker.database import create_engine
 from worker.settings import Settings
 from worker.tools.progress import Progress
+from worker.tools.retention.errors import DATABASE_ERRORS, one_line
 from worker.tools.retention.stopping import stop_on_signals
 from worker.unavailable import describe, rabbitmq_connection, using_postgres
 
@@ -81,7 +89,7 @@ class ArchiveReport:
     published: int = 0
     failed: int = 0
     interrupted: bool = False
-    stop_reason: str | None = None  # "signal" or "publish_failures"
+    stop_reason: str | None = None  # "signal", "publish_failures" or "error"
     last_error: str | None = None
     elapsed_s: float = 0.0
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -129,6 +137,8 @@ class ArchiveReport:
             lines.append("interrupted by a signal: run it again to go on")
         elif self.stop_reason == "publish_failures":
             lines.append(f"stopped after {FAILURES_IN_A_ROW} failed publishes in a row")
+        elif self.stop_reason == "error":
+            lines.append("stopped by a database error: run it again to go on")
         lines.append(f"in {self.elapsed_s:.1f} s")
         return "\n".join(lines)
 
@@ -227,7 +237,13 @@ async def archive(
                 if stop.is_set():
                     report.stop("signal")
                     break
-                page = await _page(engine, report.cutoff, after)
+                try:
+                    page = await _page(engine, report.cutoff, after)
+                except DATABASE_ERRORS as error:
+                    # What was published stays published: report it, and a rerun goes on.
+                    report.last_error = one_line(error, settings.secrets())
+                    report.stop("error")
+                    break
                 if not page:
                     break
                 after = page[-1].id

@@ -10,9 +10,14 @@ back. Either way a rerun simply goes on: what is left is still archived
 before the cutoff.
 
 A batch that runs into its statement timeout is rolled back and tried again
-at half the size; one that waits too long for a lock, or is chosen as a
-deadlock's victim, is tried again as it was. The run gives up, reporting
-it, when one conversation alone is too slow or the retries keep failing.
+at half the size; one that waits too long for a lock, is chosen as a
+deadlock's victim, or meets a worker's late message (40001, see
+:mod:`.batches`) is tried again as it was; one that lost its connection (a
+failover, a client timeout: :data:`worker.faults.Fault.TRANSIENT`) is tried
+again on a new one. The run gives up, reporting it, when one conversation
+alone is too slow or the retries keep failing; any other database error
+stops it too (``stop_reason`` ``"error"``), with the report of what it
+deleted so far.
 
 A worker may store a late message for a conversation while it is purged: if
 the delete wins, the worker, which creates conversations on first sight,
@@ -39,12 +44,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from worker import exits
 from worker.database import connect_args
-from worker.faults import sqlstate_of
+from worker.faults import Fault, classify, sqlstate_of
 from worker.settings import Settings
 from worker.tools.progress import Progress
 from worker.tools.retention.batches import COUNT_CANDIDATES, BatchResult, Bounds, run_batch
+from worker.tools.retention.errors import DATABASE_ERRORS, one_line
 from worker.tools.retention.stopping import stop_on_signals
-from worker.unavailable import ServiceUnavailableError, postgres_at, short, using_postgres
+from worker.unavailable import ServiceUnavailableError, postgres_at, using_postgres
 
 log = structlog.get_logger("chatstore.purge")
 
@@ -76,7 +82,7 @@ class PurgeReport:
     batch_size: int = 0  # the bounds at the end (halved by timeouts)
     batch_messages: int = 0
     interrupted: bool = False
-    stop_reason: str | None = None  # "signal" or "retries"
+    stop_reason: str | None = None  # "signal", "retries" or "error"
     last_error: str | None = None
     elapsed_s: float = 0.0
 
@@ -185,30 +191,39 @@ async def purge(
             failures = 0
             while True:
                 if stop.is_set():
-                    report.interrupted, report.stop_reason = True, "signal"
+                    report.stop("signal")
                     break
                 batch_started = time.monotonic()
                 try:
                     result = await _one_batch(engine, cutoff, after, bounds, dry_run)
-                except Exception as error:
+                except DATABASE_ERRORS as error:
                     code = sqlstate_of(error)
-                    if code != _TIMED_OUT and code not in _TRY_AGAIN:
-                        raise
+                    report.last_error = one_line(error, settings.secrets())
+                    reconnect = code != _TIMED_OUT and code not in _TRY_AGAIN
+                    if reconnect and classify(error) is not Fault.TRANSIENT:
+                        report.stop("error")  # a retry would not cure it
+                        break
                     failures += 1
                     report.retries += 1
-                    report.last_error = f"{code}: {short(_innermost(error))}"
                     if failures >= RETRIES_IN_A_ROW or (code == _TIMED_OUT and bounds.smallest):
-                        report.interrupted, report.stop_reason = True, "retries"
+                        report.stop("retries")
                         break
                     if code == _TIMED_OUT:
                         bounds = bounds.halved()
                     log.warning(
                         "purge.retry",
                         sqlstate=code,
+                        error=report.last_error,
                         batch_size=bounds.conversations,
                         batch_messages=bounds.messages,
                     )
-                    await _pause(stop, 0.1 * failures)
+                    if reconnect:
+                        # The connection may be dead or mid-statement: start on a new one,
+                        # and give a failover a few seconds.
+                        await engine.dispose()
+                        await _pause(stop, 0.5 * failures)
+                    else:
+                        await _pause(stop, 0.1 * failures)
                     continue
                 failures = 0
                 if result.last_id is None:
@@ -233,13 +248,6 @@ async def purge(
     report.batch_size, report.batch_messages = bounds.conversations, bounds.messages
     report.elapsed_s = time.monotonic() - started
     return report
-
-
-def _innermost(error: BaseException) -> BaseException:
-    """The driver's own error under SQLAlchemy's wrappers, whose message is the server's."""
-    while (inner := getattr(error, "orig", None) or error.__cause__) is not None:
-        error = inner
-    return error
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
