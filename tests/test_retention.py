@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import re
 import signal
@@ -41,6 +42,7 @@ from tests.harness import (
 from worker import exits, topology
 from worker.arguments import duration, instant
 from worker.settings import Settings
+from worker.tools.progress import Progress
 from worker.tools.retention.archive import archive
 from worker.tools.retention.batches import Bounds
 from worker.tools.retention.purge import purge
@@ -336,6 +338,37 @@ async def test_one_conversation_over_the_message_bound_is_a_batch_of_its_own(
     )
     assert (report.conversations, report.messages, report.batches) == (3, 150, 3)
     assert await count(database_url, "messages") == 0
+
+
+async def test_a_starting_count_out_of_time_leaves_the_total_unknown_and_the_run_goes_on(
+    purge_settings: Settings, database_url: URL
+) -> None:
+    await fill(
+        database_url, conversations=30, messages_each=2, status="archived", updated_at=LONG_AGO
+    )
+    # Our lock on the whole table holds the count until its statement_timeout.
+    connection = await connect(database_url)
+    transaction = connection.transaction()
+    await transaction.start()
+    await connection.execute("LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE")
+    bounds = Bounds(conversations=10, messages=100, timeout_s=0.5, lock_timeout_s=30)
+    running = asyncio.create_task(
+        purge(purge_settings, cutoff=CUTOFF, bounds=bounds, dry_run=False, stop=asyncio.Event())
+    )
+
+    async def first_batch_waits() -> bool:
+        return any("WITH page" in row["query"] for row in await _lock_waiters(database_url))
+
+    try:
+        await wait_for(first_batch_waits, what="the count given up, the first batch waiting")
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    report = await asyncio.wait_for(running, timeout=30)
+    assert report.candidates is None
+    assert report.as_json()["candidates"] is None
+    assert (report.conversations, report.messages, report.interrupted) == (30, 60, False)
+    assert await count(database_url, "conversations") == 0
 
 
 async def _lock_row(url: URL, conversation_id: uuid.UUID) -> tuple[asyncpg.Connection, Any]:
@@ -746,6 +779,21 @@ def test_durations_read_as_their_units() -> None:
         timedelta(seconds=45),
         timedelta(seconds=1000),
     ]
+
+
+def test_a_progress_line_without_a_total_shows_the_count_and_no_bar() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    unknown, known = Terminal(), Terminal()
+    for stream, total in ((unknown, None), (known, 40)):
+        progress = Progress(total, "purging", stream)
+        progress.advance(10)
+        progress.done()
+    assert unknown.getvalue().startswith("\rpurging 10 ")
+    assert "[" not in unknown.getvalue()
+    assert known.getvalue().startswith("\rpurging [#######.......................] 10/40  25% ")
 
 
 def test_a_date_is_midnight_utc_and_a_naive_time_is_utc() -> None:

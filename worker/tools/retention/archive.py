@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import ConversationArchived, Publisher, conversation_archived
 from worker import topology
 from worker.database import create_engine
+from worker.faults import sqlstate_of
 from worker.settings import Settings
 from worker.tools.progress import Progress
 from worker.tools.retention.errors import DATABASE_ERRORS, one_line
@@ -63,9 +64,12 @@ IN_FLIGHT: Final = 100
 """Publishes awaited together."""
 FAILURES_IN_A_ROW: Final = 3
 """Publishes, one at a time, that may fail in a row before the run stops: the broker is gone."""
+COUNT_TIMEOUT_S: Final = 10.0
+"""The starting count's statement_timeout: past it the progress bar has no total."""
 
 _IDLE = "status = 'active' AND (updated_at < :cutoff OR updated_at IS NULL)"
 _COUNT = text(f"SELECT count(*) FROM conversations WHERE {_IDLE}")
+_COUNT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 # Two statements rather than an "id > :after OR :after IS NULL": that would
 # be a filter, not an index bound, and every page would scan from the start.
 _FIRST_PAGE = text(f"""
@@ -84,7 +88,7 @@ class ArchiveReport:
     idle_for_s: int
     cutoff: datetime
     archived_at: datetime
-    candidates: int = 0  # counted at the start, for the progress bar
+    candidates: int | None = None  # counted at the start, for the progress bar; None: too slow
     seen: int = 0  # walked through: listed (a dry run) or published and failed
     published: int = 0
     failed: int = 0
@@ -143,9 +147,21 @@ class ArchiveReport:
         return "\n".join(lines)
 
 
-async def _count(engine: AsyncEngine, cutoff: datetime) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(_COUNT, {"cutoff": cutoff})).scalar_one())
+async def _count(engine: AsyncEngine, cutoff: datetime, timeout_s: float) -> int | None:
+    """The candidates for the progress bar, or None if counting takes too long.
+
+    Only the bar needs it, so a table too large to count in ``timeout_s``
+    gives an unknown total rather than a failed run.
+    """
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(_COUNT_TIMEOUT, {"ms": str(max(1, round(timeout_s * 1000)))})
+            found = (await connection.execute(_COUNT, {"cutoff": cutoff})).scalar_one()
+    except DATABASE_ERRORS as error:
+        if sqlstate_of(error) != "57014":  # query_canceled: our statement_timeout
+            raise
+        return None
+    return int(found)
 
 
 async def _page(engine: AsyncEngine, cutoff: datetime, after: UUID | None) -> list[Row[Any]]:
@@ -229,7 +245,9 @@ async def archive(
     publisher = None if dry_run else Publisher(settings.amqp_url)
     try:
         with using_postgres(settings.sqlalchemy_url):
-            report.candidates = await _count(engine, report.cutoff)
+            # Within the client's own timeout, which would end the run instead.
+            count_s = min(COUNT_TIMEOUT_S, settings.database_timeout_s / 2)
+            report.candidates = await _count(engine, report.cutoff, count_s)
             progress = Progress(report.candidates, "dry run" if dry_run else "archiving")
             sender = None if publisher is None else _Sender(publisher, report, progress)
             after: UUID | None = None

@@ -58,6 +58,7 @@ RETRIES_IN_A_ROW: Final = 5
 """Failed attempts at one batch before the run gives up."""
 _TIMED_OUT: Final = "57014"  # query_canceled: our statement_timeout
 _TRY_AGAIN: Final = frozenset({"55P03", "40P01", "40001"})  # lock timeout, deadlock, serialization
+_COUNT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 
 _PRIVILEGES = text("""
     SELECT current_user AS role,
@@ -73,10 +74,9 @@ _PRIVILEGES = text("""
 class PurgeReport:
     dry_run: bool
     cutoff: datetime
-    candidates: int = 0  # counted at the start, for the progress bar
+    candidates: int | None = None  # counted at the start, for the progress bar; None: too slow
     conversations: int = 0
     messages: int = 0
-    skipped: int = 0  # taken by a batch but changed by a worker before the delete reached them
     batches: int = 0
     retries: int = 0
     batch_size: int = 0  # the bounds at the end (halved by timeouts)
@@ -157,9 +157,23 @@ async def _check_privileges(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
-async def _count(engine: AsyncEngine, cutoff: datetime) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(COUNT_CANDIDATES, {"cutoff": cutoff})).scalar_one())
+async def _count(engine: AsyncEngine, cutoff: datetime, timeout_s: float) -> int | None:
+    """The candidates for the progress bar, or None if counting takes over ``timeout_s``.
+
+    Only the bar needs it (the report's totals are the batches'), so a table
+    too large to count in a batch's time gives an unknown total rather than
+    a run that fails before it starts.
+    """
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(_COUNT_TIMEOUT, {"ms": str(max(1, round(timeout_s * 1000)))})
+            found = (await connection.execute(COUNT_CANDIDATES, {"cutoff": cutoff})).scalar_one()
+    except DATABASE_ERRORS as error:
+        if sqlstate_of(error) != _TIMED_OUT:
+            raise
+        log.warning("purge.count_skipped", reason="statement timeout", timeout_s=timeout_s)
+        return None
+    return int(found)
 
 
 async def _one_batch(
@@ -185,7 +199,7 @@ async def purge(
     try:
         with using_postgres(settings.sqlalchemy_url):
             await _check_privileges(engine, settings)
-            report.candidates = await _count(engine, cutoff)
+            report.candidates = await _count(engine, cutoff, bounds.timeout_s)
             progress = Progress(report.candidates, "dry run" if dry_run else "purging")
             after: UUID | None = None
             failures = 0
