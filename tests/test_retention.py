@@ -40,7 +40,7 @@ from tests.harness import (
     worker_settings,
 )
 from worker import exits, topology
-from worker.arguments import duration, instant
+from worker.arguments import duration, instant, past_instant
 from worker.settings import Settings
 from worker.tools.progress import Progress
 from worker.tools.retention.archive import archive
@@ -732,6 +732,11 @@ async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_g
             ["purge", "--archived-before", "2026-01-01"],
             "chatstore: CHATSTORE_MAINTENANCE_DATABASE_URL: not set",
         ),
+        (
+            ["purge", "--archived-before", "2999-01-01"],
+            "chatstore: purge --archived-before: 2999-01-01T00:00:00+00:00 is in the future: "
+            "it would take conversations archived from now until then too",
+        ),
     ],
 )
 def test_a_bad_argument_or_a_missing_maintenance_url_is_one_line_and_exit_2(
@@ -779,6 +784,14 @@ def test_durations_read_as_their_units() -> None:
         timedelta(seconds=45),
         timedelta(seconds=1000),
     ]
+
+
+def test_a_cutoff_later_than_now_is_refused_and_one_before_is_not() -> None:
+    a_second_ago = datetime.now(UTC) - timedelta(seconds=1)
+    assert past_instant(a_second_ago.isoformat()) == a_second_ago
+    in_a_minute = datetime.now(UTC) + timedelta(minutes=1)
+    with pytest.raises(argparse.ArgumentTypeError, match="is in the future"):
+        past_instant(in_a_minute.isoformat())
 
 
 def test_a_progress_line_without_a_total_shows_the_count_and_no_bar() -> None:
