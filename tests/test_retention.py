@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import re
 import signal
@@ -25,19 +26,23 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.db import connect, fetch_all
+from tests.events import message_created
 from tests.harness import (
     add_users,
     count,
+    publish,
     queue_depth,
     running_worker,
+    table_has,
     take_dead_letters,
     wait_for,
     worker_environment,
     worker_settings,
 )
 from worker import exits, topology
-from worker.arguments import duration, instant
+from worker.arguments import duration, instant, past_instant
 from worker.settings import Settings
+from worker.tools.progress import Progress
 from worker.tools.retention.archive import archive
 from worker.tools.retention.batches import Bounds
 from worker.tools.retention.purge import purge
@@ -56,17 +61,20 @@ async def fill(
     status: str,
     updated_at: datetime | None,
     user: str = "alice",
+    ids: list[uuid.UUID] | None = None,
 ) -> list[uuid.UUID]:
     """``conversations`` rows with ``messages_each`` messages each, all at or before
-    ``updated_at`` (none without timestamps); their ids."""
+    ``updated_at`` (none without timestamps); their ids (``ids`` if given, in order)."""
     rows = await fetch_all(
         url,
         "INSERT INTO conversations (id, user_id, status, created_at, updated_at)"
-        " SELECT gen_random_uuid(), $1, $2, $3, $3 FROM generate_series(1, $4) RETURNING id",
+        " SELECT coalesce(($5::uuid[])[n], gen_random_uuid()), $1, $2, $3, $3"
+        " FROM generate_series(1, $4) AS n RETURNING id",
         user,
         status,
         updated_at,
         conversations,
+        ids,
     )
     ids = [row["id"] for row in rows]
     if messages_each:
@@ -232,6 +240,40 @@ async def test_an_archive_stopped_midway_stops_after_the_events_in_hand(
     assert await queue_depth(amqp_url) == report.published
 
 
+async def test_an_archive_whose_database_fails_midway_stops_with_its_report(
+    settings: Settings, database_url: URL, amqp_url: str
+) -> None:
+    await fill(database_url, conversations=5000, messages_each=0, status="active", updated_at=None)
+    running = asyncio.create_task(
+        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event())
+    )
+
+    async def under_way() -> bool:
+        return running.done() or await queue_depth(amqp_url) >= 200
+
+    await wait_for(under_way, what="the archive under way")
+    # The next page waits for our lock; its backend is then terminated.
+    connection = await connect(database_url)
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        await connection.execute("LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE")
+        await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="a page waiting")
+        [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
+        await connection.execute("SELECT pg_terminate_backend($1)", backend)
+        report = await asyncio.wait_for(running, timeout=60)
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    assert (report.interrupted, report.stop_reason, report.failed) == (True, "error", 0)
+    # The server's notice or the dropped socket, whichever the driver saw first.
+    assert str(report.last_error).split(":")[0] in {"57P01", "08003"}, report.last_error
+    assert "\n" not in str(report.last_error)
+    assert report.published % 500 == 0  # whole pages, each published before the next read
+    assert 500 <= report.published < 5000
+    assert await queue_depth(amqp_url) == report.published
+
+
 # --- purge -----------------------------------------------------------------
 
 
@@ -270,7 +312,7 @@ async def test_purge_deletes_only_what_was_archived_before_the_date_and_its_mess
         purge_settings, cutoff=CUTOFF, bounds=small, dry_run=False, stop=asyncio.Event()
     )
     assert (report.conversations, report.messages, report.batches) == (30, 150, 8)
-    assert (report.interrupted, report.skipped) == (False, 0)
+    assert (report.interrupted, report.retries) == (False, 0)
     left = await statuses(database_url)
     kept = groups["archived_after"] + groups["active_old"] + groups["active_bare"]
     assert set(left) == set(kept)
@@ -298,6 +340,37 @@ async def test_one_conversation_over_the_message_bound_is_a_batch_of_its_own(
     assert await count(database_url, "messages") == 0
 
 
+async def test_a_starting_count_out_of_time_leaves_the_total_unknown_and_the_run_goes_on(
+    purge_settings: Settings, database_url: URL
+) -> None:
+    await fill(
+        database_url, conversations=30, messages_each=2, status="archived", updated_at=LONG_AGO
+    )
+    # Our lock on the whole table holds the count until its statement_timeout.
+    connection = await connect(database_url)
+    transaction = connection.transaction()
+    await transaction.start()
+    await connection.execute("LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE")
+    bounds = Bounds(conversations=10, messages=100, timeout_s=0.5, lock_timeout_s=30)
+    running = asyncio.create_task(
+        purge(purge_settings, cutoff=CUTOFF, bounds=bounds, dry_run=False, stop=asyncio.Event())
+    )
+
+    async def first_batch_waits() -> bool:
+        return any("WITH page" in row["query"] for row in await _lock_waiters(database_url))
+
+    try:
+        await wait_for(first_batch_waits, what="the count given up, the first batch waiting")
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    report = await asyncio.wait_for(running, timeout=30)
+    assert report.candidates is None
+    assert report.as_json()["candidates"] is None
+    assert (report.conversations, report.messages, report.interrupted) == (30, 60, False)
+    assert await count(database_url, "conversations") == 0
+
+
 async def _lock_row(url: URL, conversation_id: uuid.UUID) -> tuple[asyncpg.Connection, Any]:
     """A transaction of our own holding ``conversation_id``'s row lock."""
     connection = await connect(url)
@@ -309,16 +382,27 @@ async def _lock_row(url: URL, conversation_id: uuid.UUID) -> tuple[asyncpg.Conne
     return connection, transaction
 
 
-async def _someone_waits_for_a_lock(url: URL) -> bool:
-    rows = await fetch_all(
+async def _lock_waiters(url: URL) -> list[asyncpg.Record]:
+    """The backends of this database waiting for a lock: ``pid`` and ``query``."""
+    return await fetch_all(
         url,
-        "SELECT count(*) AS n FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        "SELECT pid, query FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock' ORDER BY pid",
     )
-    return int(rows[0]["n"]) > 0
 
 
-async def test_the_delete_checks_again_and_spares_a_row_changed_after_the_batch_read_it(
+async def _someone_waits_for_a_lock(url: URL) -> bool:
+    return len(await _lock_waiters(url)) > 0
+
+
+def _waiting(url: URL, backends: int) -> Any:
+    async def check() -> bool:
+        return len(await _lock_waiters(url)) >= backends
+
+    return check
+
+
+async def test_a_batch_meeting_rows_changed_after_it_read_them_is_tried_again_and_spares_them(
     purge_settings: Settings, database_url: URL
 ) -> None:
     ids = sorted(
@@ -326,26 +410,111 @@ async def test_the_delete_checks_again_and_spares_a_row_changed_after_the_batch_
             database_url, conversations=20, messages_each=3, status="archived", updated_at=LONG_AGO
         )
     )
-    changed = ids[10]
-    connection, transaction = await _lock_row(database_url, changed)
+    moved, reopened = ids[10], ids[11]
+    connection, transaction = await _lock_row(database_url, moved)
+    # Both, so the DELETE takes neither before we change them, whatever its order.
+    await connection.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", reopened)
     slow = Bounds(conversations=500, messages=20_000, timeout_s=30, lock_timeout_s=30)
     running = asyncio.create_task(
         purge(purge_settings, cutoff=CUTOFF, bounds=slow, dry_run=False, stop=asyncio.Event())
     )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
-        # What no worker does (an archive is sticky), and what the DELETE must
-        # still refuse: the row it read as archived is active by now.
+        # Each alone, after the batch read them: what a worker's late message
+        # does (updated_at past the cutoff), and what no worker does (an
+        # archive is sticky) but the DELETE must still refuse.
+        await connection.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", moved)
         await connection.execute(
-            "UPDATE conversations SET status = 'active', updated_at = now() WHERE id = $1", changed
+            "UPDATE conversations SET status = 'active' WHERE id = $1", reopened
         )
         await transaction.commit()
     finally:
         await connection.close()
     report = await asyncio.wait_for(running, timeout=30)
-    assert (report.conversations, report.messages, report.skipped) == (19, 57, 1)
-    assert await statuses(database_url) == {changed: "active"}
-    assert await messages_by_conversation(database_url) == {changed: 3}
+    # The batch saw a row newer than its snapshot: rolled back, tried again
+    # on a new one, which no longer holds the two.
+    assert (report.conversations, report.messages, report.retries) == (18, 54, 1)
+    assert str(report.last_error).startswith("40001: could not serialize access")
+    assert await statuses(database_url) == {moved: "archived", reopened: "active"}
+    assert await messages_by_conversation(database_url) == {moved: 3, reopened: 3}
+
+
+@pytest.mark.parametrize("stored_first", [True, False], ids=["stored-first", "deleted-first"])
+async def test_a_late_message_during_a_purge_is_deleted_and_counted_or_starts_a_new_conversation(
+    settings: Settings, database_url: URL, amqp_url: str, stored_first: bool
+) -> None:
+    # Two rows in one batch, x before y both in id order and in the table, so
+    # the DELETE reaches x first whichever way it scans.
+    x, y = [
+        (
+            await fill(
+                database_url,
+                conversations=1,
+                messages_each=2,
+                status="archived",
+                updated_at=LONG_AGO,
+                ids=[i],
+            )
+        )[0]
+        for i in sorted([uuid.uuid4(), uuid.uuid4()])
+    ]
+    slow = Bounds(conversations=500, messages=20_000, timeout_s=30, lock_timeout_s=30)
+    maintenance = maintenance_settings(settings)
+
+    def purging() -> asyncio.Task[Any]:
+        return asyncio.create_task(
+            purge(maintenance, cutoff=CUTOFF, bounds=slow, dry_run=False, stop=asyncio.Event())
+        )
+
+    async with running_worker(settings):
+        if stored_first:
+            # The worker's batch takes x's lock first (it waits for ours), the
+            # purge's DELETE waits behind it: the late message, created before
+            # the cutoff, is stored and acked before the delete reaches x.
+            late = message_created(
+                conversation_id=str(x),
+                user_id="alice",
+                created_at=(CUTOFF - timedelta(days=1)).isoformat(),
+            )
+            connection, transaction = await _lock_row(database_url, x)
+            await publish(amqp_url, [late])
+            await wait_for(_waiting(database_url, 1), what="the worker waiting for x")
+            running = purging()
+            await wait_for(_waiting(database_url, 2), what="the purge waiting behind it")
+        else:
+            # The purge deletes x, then waits for y; bob's late message for
+            # alice's x waits for the purge's uncommitted delete of x.
+            late = message_created(conversation_id=str(x), user_id="bob")
+            connection, transaction = await _lock_row(database_url, y)
+            running = purging()
+            await wait_for(_waiting(database_url, 1), what="the purge waiting for y")
+            await publish(amqp_url, [late])
+            await wait_for(_waiting(database_url, 2), what="the worker waiting for the purge")
+        await transaction.rollback()
+        await connection.close()
+        report = await asyncio.wait_for(running, timeout=30)
+        if not stored_first:
+            await wait_for(table_has(database_url, "messages", 1), what="the late message stored")
+    # The worker drained on leaving: every event acked, none dead-lettered.
+    assert await queue_depth(amqp_url) == 0
+    assert await take_dead_letters(amqp_url) == []
+    stored = await fetch_all(
+        database_url,
+        "SELECT c.id, c.user_id, c.status, m.id AS message_id"
+        " FROM conversations AS c JOIN messages AS m ON m.conversation_id = c.id",
+    )
+    if stored_first:
+        # Deleted with its conversation, and counted: 2 + 2 old and the late one.
+        assert (report.conversations, report.messages, report.retries) == (2, 5, 1)
+        assert str(report.last_error).startswith("40001")
+        assert stored == []
+    else:
+        # The delete won: the worker made x anew, active, bob's, holding only
+        # the late message (the purge forgot alice).
+        assert (report.conversations, report.messages, report.retries) == (2, 4, 0)
+        assert [tuple(row) for row in stored] == [
+            (x, "bob", "active", uuid.UUID(late["data"]["message_id"]))
+        ]
 
 
 async def test_a_batch_out_of_time_is_halved_one_out_of_lock_time_retried_then_given_up(
@@ -453,6 +622,105 @@ async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun
     assert await messages_by_conversation(database_url) == {i: 10 for i in kept}
 
 
+async def _backend_gone(url: URL, pid: int) -> bool:
+    rows = await fetch_all(url, "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", pid)
+    return int(rows[0]["n"]) == 0
+
+
+async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_gives_the_report(
+    purge_settings: Settings, database_url: URL, services_admin_url: URL, tmp_path: Path
+) -> None:
+    ids = sorted(
+        await fill(
+            database_url,
+            conversations=400,
+            messages_each=10,
+            status="archived",
+            updated_at=LONG_AGO,
+        )
+    )
+    kept = await fill(
+        database_url, conversations=5, messages_each=10, status="active", updated_at=LONG_AGO
+    )
+    environment = worker_environment(maintenance_settings(purge_settings))
+    batches_of_10 = ("--batch-size", "10", "--lock-timeout", "60", "--json")
+
+    # 1. SIGKILL while the 11th batch of 10 waits for our lock on one of its rows.
+    connection, transaction = await _lock_row(database_url, ids[105])
+    killed = await asyncio.create_subprocess_exec(
+        *_purge_command(*batches_of_10),
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "killed.log").open("wb"),
+    )
+    try:
+        await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
+        [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
+        killed.kill()
+        await killed.wait()
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    # Its backend runs the DELETE once our lock is gone, but never gets a COMMIT.
+    await wait_for(lambda: _backend_gone(database_url, backend), what="the killed backend gone")
+    left = await messages_by_conversation(database_url)
+    assert set(left) == set(ids[100:]) | set(kept)  # exactly ten batches
+    assert set(left.values()) == {10}  # each with all its messages
+
+    # 2. The database fails under the 11th batch of the next run (its backend
+    # terminated, as in a failover, and no new connection accepted): the run
+    # stops with its report, which counts the ten batches it committed.
+    connection, transaction = await _lock_row(database_url, ids[205])
+    admin = await asyncpg.connect(services_admin_url.render_as_string(hide_password=False))
+    database = f'"{database_url.database}"'
+    failed = await asyncio.create_subprocess_exec(
+        *_purge_command(*batches_of_10),
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "failed.log").open("wb"),
+    )
+    try:
+        await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
+        [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        await admin.execute("SELECT pg_terminate_backend($1)", backend)
+        stdout, _ = await asyncio.wait_for(failed.communicate(), timeout=60)
+    finally:
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        await admin.close()
+        await transaction.rollback()
+        await connection.close()
+        if failed.returncode is None:
+            failed.kill()
+            await failed.wait()
+    assert failed.returncode == exits.FAILURE, (tmp_path / "failed.log").read_text()
+    report = json.loads(stdout)
+    assert (report["interrupted"], report["stop_reason"]) == (True, "error")
+    assert (report["conversations"], report["messages"], report["batches"]) == (100, 1000, 10)
+    # Terminated: tried again on a new connection, which the database refused.
+    assert report["retries"] == 1
+    assert report["last_error"].startswith("55000: "), report["last_error"]
+    assert "not currently accepting connections" in report["last_error"]
+    left = await messages_by_conversation(database_url)
+    assert set(left) == set(ids[200:]) | set(kept)
+    assert set(left.values()) == {10}
+
+    # 3. A rerun finishes.
+    rerun = await asyncio.to_thread(
+        subprocess.run,
+        _purge_command("--json"),
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rerun.returncode == exits.OK, rerun.stderr
+    finished = json.loads(rerun.stdout)
+    assert (finished["conversations"], finished["messages"]) == (200, 2000)
+    assert await messages_by_conversation(database_url) == {i: 10 for i in kept}
+
+
 # --- the command line ------------------------------------------------------
 
 
@@ -463,6 +731,11 @@ async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun
         (
             ["purge", "--archived-before", "2026-01-01"],
             "chatstore: CHATSTORE_MAINTENANCE_DATABASE_URL: not set",
+        ),
+        (
+            ["purge", "--archived-before", "2999-01-01"],
+            "chatstore: purge --archived-before: 2999-01-01T00:00:00+00:00 is in the future: "
+            "it would take conversations archived from now until then too",
         ),
     ],
 )
@@ -511,6 +784,29 @@ def test_durations_read_as_their_units() -> None:
         timedelta(seconds=45),
         timedelta(seconds=1000),
     ]
+
+
+def test_a_cutoff_later_than_now_is_refused_and_one_before_is_not() -> None:
+    a_second_ago = datetime.now(UTC) - timedelta(seconds=1)
+    assert past_instant(a_second_ago.isoformat()) == a_second_ago
+    in_a_minute = datetime.now(UTC) + timedelta(minutes=1)
+    with pytest.raises(argparse.ArgumentTypeError, match="is in the future"):
+        past_instant(in_a_minute.isoformat())
+
+
+def test_a_progress_line_without_a_total_shows_the_count_and_no_bar() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    unknown, known = Terminal(), Terminal()
+    for stream, total in ((unknown, None), (known, 40)):
+        progress = Progress(total, "purging", stream)
+        progress.advance(10)
+        progress.done()
+    assert unknown.getvalue().startswith("\rpurging 10 ")
+    assert "[" not in unknown.getvalue()
+    assert known.getvalue().startswith("\rpurging [#######.......................] 10/40  25% ")
 
 
 def test_a_date_is_midnight_utc_and_a_naive_time_is_utc() -> None:

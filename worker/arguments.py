@@ -61,3 +61,15 @@ def instant(value: str) -> datetime:
             f"not an ISO date or date and time: {value!r} (2026-09-01, 2026-09-01T12:00:00+02:00)"
         ) from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def past_instant(value: str) -> datetime:
+    """An :func:`instant` that is not later than now."""
+    when = instant(value)
+    if when > datetime.now(UTC):
+        raise argparse.ArgumentTypeError(
+            f"{when.isoformat()} is in the future: it would take conversations archived "
+            "from now until then too, and a conversation archived a moment ago may still "
+            "receive late messages; give a past date"
+        )
+    return when

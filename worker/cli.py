@@ -23,7 +23,7 @@ import sqlalchemy.exc
 import structlog
 
 from worker import exits
-from worker.arguments import duration, instant, positive_float, positive_int
+from worker.arguments import duration, past_instant, positive_float, positive_int
 from worker.logs import configure_logging
 from worker.redact import redact
 from worker.settings import ConfigurationError, Settings, load_settings
@@ -171,7 +171,7 @@ def _purge(settings: Settings, args: argparse.Namespace) -> int:
     from worker.tools.retention import purge
     from worker.tools.retention.batches import Bounds
 
-    cutoff = _one_line_argument("purge", "--archived-before", instant, args.archived_before)
+    cutoff = _one_line_argument("purge", "--archived-before", past_instant, args.archived_before)
     if cutoff is None:
         return exits.USAGE
     try:
@@ -221,7 +221,7 @@ def _add_retention_commands(
         required=True,
         metavar="DATE",
         help="an ISO date or date and time, UTC unless it has an offset: 2026-09-01, "
-        "2026-09-01T12:00:00+02:00",
+        "2026-09-01T12:00:00+02:00; not later than now",
     )
     purge.add_argument(
         "--batch-size",

@@ -22,7 +22,14 @@ message.
 The table is read in pages in id order (keyset), each page its own short
 read, so memory stays bounded and no transaction stays open while
 publishing. A rerun finds only the conversations still active: one whose
-event waits in the queue is published again, which the worker absorbs.
+event waits in the queue is published again, which the worker absorbs. A
+database error midway stops the run (``stop_reason`` ``"error"``) with the
+report of what was published so far.
+
+A conversation may receive a message between the page that read it as idle
+and the worker storing its archive: it is archived all the same (the archive
+is sticky), and the message is stored in it. Messages still land in an
+archived conversation, and its purge waits for its latest one.
 """
 
 from __future__ import annotations
@@ -42,8 +49,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import ConversationArchived, Publisher, conversation_archived
 from worker import topology
 from worker.database import create_engine
+from worker.faults import sqlstate_of
 from worker.settings import Settings
 from worker.tools.progress import Progress
+from worker.tools.retention.errors import DATABASE_ERRORS, one_line
 from worker.tools.retention.stopping import stop_on_signals
 from worker.unavailable import describe, rabbitmq_connection, using_postgres
 
@@ -55,9 +64,12 @@ IN_FLIGHT: Final = 100
 """Publishes awaited together."""
 FAILURES_IN_A_ROW: Final = 3
 """Publishes, one at a time, that may fail in a row before the run stops: the broker is gone."""
+COUNT_TIMEOUT_S: Final = 10.0
+"""The starting count's statement_timeout: past it the progress bar has no total."""
 
 _IDLE = "status = 'active' AND (updated_at < :cutoff OR updated_at IS NULL)"
 _COUNT = text(f"SELECT count(*) FROM conversations WHERE {_IDLE}")
+_COUNT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 # Two statements rather than an "id > :after OR :after IS NULL": that would
 # be a filter, not an index bound, and every page would scan from the start.
 _FIRST_PAGE = text(f"""
@@ -76,12 +88,12 @@ class ArchiveReport:
     idle_for_s: int
     cutoff: datetime
     archived_at: datetime
-    candidates: int = 0  # counted at the start, for the progress bar
+    candidates: int | None = None  # counted at the start, for the progress bar; None: too slow
     seen: int = 0  # walked through: listed (a dry run) or published and failed
     published: int = 0
     failed: int = 0
     interrupted: bool = False
-    stop_reason: str | None = None  # "signal" or "publish_failures"
+    stop_reason: str | None = None  # "signal", "publish_failures" or "error"
     last_error: str | None = None
     elapsed_s: float = 0.0
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -129,13 +141,27 @@ class ArchiveReport:
             lines.append("interrupted by a signal: run it again to go on")
         elif self.stop_reason == "publish_failures":
             lines.append(f"stopped after {FAILURES_IN_A_ROW} failed publishes in a row")
+        elif self.stop_reason == "error":
+            lines.append("stopped by a database error: run it again to go on")
         lines.append(f"in {self.elapsed_s:.1f} s")
         return "\n".join(lines)
 
 
-async def _count(engine: AsyncEngine, cutoff: datetime) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(_COUNT, {"cutoff": cutoff})).scalar_one())
+async def _count(engine: AsyncEngine, cutoff: datetime, timeout_s: float) -> int | None:
+    """The candidates for the progress bar, or None if counting takes too long.
+
+    Only the bar needs it, so a table too large to count in ``timeout_s``
+    gives an unknown total rather than a failed run.
+    """
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(_COUNT_TIMEOUT, {"ms": str(max(1, round(timeout_s * 1000)))})
+            found = (await connection.execute(_COUNT, {"cutoff": cutoff})).scalar_one()
+    except DATABASE_ERRORS as error:
+        if sqlstate_of(error) != "57014":  # query_canceled: our statement_timeout
+            raise
+        return None
+    return int(found)
 
 
 async def _page(engine: AsyncEngine, cutoff: datetime, after: UUID | None) -> list[Row[Any]]:
@@ -219,7 +245,9 @@ async def archive(
     publisher = None if dry_run else Publisher(settings.amqp_url)
     try:
         with using_postgres(settings.sqlalchemy_url):
-            report.candidates = await _count(engine, report.cutoff)
+            # Within the client's own timeout, which would end the run instead.
+            count_s = min(COUNT_TIMEOUT_S, settings.database_timeout_s / 2)
+            report.candidates = await _count(engine, report.cutoff, count_s)
             progress = Progress(report.candidates, "dry run" if dry_run else "archiving")
             sender = None if publisher is None else _Sender(publisher, report, progress)
             after: UUID | None = None
@@ -227,7 +255,13 @@ async def archive(
                 if stop.is_set():
                     report.stop("signal")
                     break
-                page = await _page(engine, report.cutoff, after)
+                try:
+                    page = await _page(engine, report.cutoff, after)
+                except DATABASE_ERRORS as error:
+                    # What was published stays published: report it, and a rerun goes on.
+                    report.last_error = one_line(error, settings.secrets())
+                    report.stop("error")
+                    break
                 if not page:
                     break
                 after = page[-1].id

@@ -14,16 +14,32 @@ last message are older than the cutoff; a late message that arrived after
 the archive postpones it. An active conversation never matches, and none
 becomes active again: the worker keeps an archive archived.
 
-The DELETE checks both conditions again itself, on each row as it is when
-the delete reaches it: a worker may have changed the row after the batch read
-it (its late message moved ``updated_at``), and PostgreSQL then evaluates
-the condition on the newer row. Neither takes a lock before the delete: the
-maintenance role has no UPDATE, which ``FOR UPDATE`` needs, and needs none.
+Each batch is one REPEATABLE READ transaction (the engine's isolation level,
+:func:`.purge.maintenance_engine`): the page, the message counts and the
+DELETE see one snapshot, so the counts are those of the rows deleted. A
+worker that stored into one of them after the snapshot changed its row (every
+message it stores moves ``updated_at``, and inserting a message locks the
+row): the DELETE, after waiting for the worker's commit, fails with 40001
+instead of deleting the newer row, and ``ON DELETE CASCADE`` fails the same
+way on a message its snapshot does not hold. The batch is then rolled back
+and tried again on a new snapshot, which takes the conversation if it is
+still due (its late message was created before the cutoff: deleted with it,
+and counted) and leaves it if not (created at or after the cutoff). Under
+READ COMMITTED the DELETE would instead recheck the newer row and cascade to
+a message it never counted. The DELETE still states both conditions: under
+REPEATABLE READ they never differ from the page's, but they are what keeps an
+active conversation safe whatever the isolation. Nothing takes a lock before
+the delete: the maintenance role has no UPDATE, which ``FOR UPDATE`` needs.
 
 Each batch sets ``statement_timeout`` and ``lock_timeout`` for its own
-transaction only, and turns ``statement_timeout`` off again before COMMIT: a
-timeout that fired while COMMIT waits for a synchronous standby would leave
-the delete on the primary only.
+transaction only, and turns ``statement_timeout`` off again before COMMIT, so
+that the server never cancels a COMMIT waiting for a synchronous standby. The
+client's ``command_timeout`` (the batch timeout plus
+``CHATSTORE_DATABASE_TIMEOUT_S``) still does: asyncpg then raises
+TimeoutError and the delete may have committed on the primary only. For a
+delete that is harmless: the run tries again on a new connection, the rows
+are gone or still due, and a rerun finishes; the report does not count that
+batch.
 """
 
 from __future__ import annotations
@@ -72,7 +88,9 @@ def _batch_sql(*, first: bool, delete: bool) -> str:
             WHERE running <= :max_messages OR position = 1
         )"""
     if delete:
-        # The condition again, in the DELETE: see the module's docstring.
+        # The condition again, in the DELETE: see the module's docstring. The
+        # messages counted in the page are the ones the cascade deletes: one
+        # snapshot (REPEATABLE READ), or the batch fails with 40001.
         gone = f""",
         gone AS (
             DELETE FROM conversations AS c USING batch AS b
@@ -123,7 +141,7 @@ class BatchResult:
     last_id: UUID | None  # the cursor for the next batch; None: nothing was left
     examined: int  # conversations the batch took
     conversations: int  # of those, deleted (or, in a dry run, that would be)
-    messages: int  # their messages
+    messages: int  # their messages, exactly: the ones deleted with them
 
 
 async def run_batch(
