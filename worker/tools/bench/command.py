@@ -78,6 +78,7 @@ async def _run(
         await scenarios.run_chosen(bench)
         if args.keep:
             print(f"kept: database and vhost {environment.name}", file=sys.stderr)
+    machine["step_seconds"] = bench.step_seconds
     return bench.sections, machine
 
 

@@ -19,6 +19,7 @@ class Run:
     args: argparse.Namespace
     log_dir: Path
     sections: dict[str, Section] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # what took how long
     _filled: int | None = None  # messages in the read data set, once written
 
     async def read_data_set(self) -> int:

@@ -81,6 +81,6 @@ async def run_pooled(
         environment.database_url, pool_size=pool_size, clients=readers
     ) as through:
         url = through.render_as_string(hide_password=False)
-        into.readings = await read(
-            url, "pooled", readers=readers, processes=processes, seconds=seconds
+        (into.readings,) = await read(
+            url, ("pooled",), readers=readers, processes=processes, seconds=seconds
         )

@@ -1,10 +1,12 @@
 """One reader process of scenarios (e) and (g): ``python -m worker.tools.bench.reader``.
 
 Instructions (one JSON line, see ``worker.tools.bench.pipes``): ``url``,
-``readers``, ``seconds``, ``seed`` and ``mode``. It prepares (connections
-open, the users and their conversations loaded), says ``ready``, waits for
-``go``, runs its readers for the given seconds and prints one JSON line: the
-latencies in seconds of each query, the errors, and the SQL texts it ran.
+``readers``, ``seconds``, ``seed`` and ``modes``. For each mode in turn it
+prepares (connections open, the users and their conversations loaded), says
+``ready``, waits for ``go``, runs its readers for the given seconds and
+prints one JSON line: the latencies in seconds of each query, the errors,
+and the SQL texts it ran. One process for all modes spares a start (a
+second of imports) per mode.
 
 Each reader loops without pause (a closed loop): the recent-50 conversations
 of a random user, then the last-20 history of one of that user's
@@ -133,8 +135,20 @@ def floor_statements(engine: AsyncEngine) -> dict[str, tuple[str, tuple[str, ...
     }
 
 
-async def main(config: dict[str, Any]) -> dict[str, Any]:
-    readers, mode = int(config["readers"]), str(config["mode"])
+async def main(config: dict[str, Any]) -> None:
+    """Each mode of ``config["modes"]`` in turn, one JSON line of results each."""
+    owned: dict[str, list[UUID]] | None = None
+    for mode in config["modes"]:
+        result, owned = await _measure(config, str(mode), owned)
+        print(json.dumps(result), flush=True)
+
+
+async def _measure(
+    config: dict[str, Any], mode: str, owned: dict[str, list[UUID]] | None
+) -> tuple[dict[str, Any], dict[str, list[UUID]]]:
+    """One run of ``mode``: connections opened, ``ready``, ``go``, then the readers.
+    Its connections are closed before the next mode opens its own."""
+    readers = int(config["readers"])
     url = make_url(config["url"])
     if mode == "pooled":
         engine = reader_engine(url, transaction_pooling=True, pool_size=readers, max_overflow=0)
@@ -142,7 +156,7 @@ async def main(config: dict[str, Any]) -> dict[str, Any]:
         engine = create_async_engine(url, pool_size=readers, max_overflow=0)
     connections: list[asyncpg.Connection] = []
     try:
-        owned = await _owned(engine)
+        owned = owned or await _owned(engine)
         sent: set[str]
         if mode == "asyncpg":
             statements = floor_statements(engine)
@@ -173,11 +187,12 @@ async def main(config: dict[str, Any]) -> dict[str, Any]:
                 for n, (listing, history) in enumerate(calls)
             )
         )
-        return samples.latencies | {
+        result = samples.latencies | {
             "errors": samples.errors,
             "error_samples": samples.error_samples,
             "sql": sorted(sent),
         }
+        return result, owned
     finally:
         for connection in connections:
             await connection.close()
@@ -206,4 +221,4 @@ async def _prepared(
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(read_instructions()))), flush=True)
+    asyncio.run(main(read_instructions()))

@@ -135,10 +135,9 @@ async def run_reads(
     """For each reader count: the repository, then its asyncpg floor (the table is filled)."""
     url = environment.database_url.render_as_string(hide_password=False)
     for count in readers:
-        repository = await read(
-            url, "repository", readers=count, processes=processes, seconds=seconds
+        repository, floor = await read(
+            url, ("repository", "asyncpg"), readers=count, processes=processes, seconds=seconds
         )
-        floor = await read(url, "asyncpg", readers=count, processes=processes, seconds=seconds)
         if repository.sql != floor.sql:
             raise FloorMismatchError(
                 f"the asyncpg floor ran {floor.sql}, the repository {repository.sql}"
@@ -146,20 +145,32 @@ async def run_reads(
         into.pairs.append(ReadPair(repository, floor))
 
 
-async def read(url: str, mode: str, *, readers: int, processes: int, seconds: float) -> Readings:
-    """``readers`` in ``mode`` (see ``worker.tools.bench.reader``) over ``processes``."""
+async def read(
+    url: str, modes: tuple[str, ...], *, readers: int, processes: int, seconds: float
+) -> list[Readings]:
+    """``readers`` over ``processes`` in each of ``modes`` in turn (see
+    ``worker.tools.bench.reader``), all the processes' readers at once."""
     processes = max(1, min(processes, readers))
     shares = [readers // processes + (n < readers % processes) for n in range(processes)]
     configs = [
-        {"url": url, "readers": share, "seconds": seconds, "seed": n, "mode": mode}
+        {"url": url, "readers": share, "seconds": seconds, "seed": n, "modes": list(modes)}
         for n, share in enumerate(shares)
     ]
+    found = []
     async with helpers("reader", configs) as children:
-        for child in children:
-            await child.expect("ready")
-        for child in children:
-            await child.send("go")
-        outputs = [await child.result(within_s=seconds + 120) for child in children]
+        for mode in modes:
+            for child in children:
+                await child.expect("ready")
+            for child in children:
+                await child.send("go")
+            outputs = [await child.result(within_s=seconds + 120) for child in children]
+            found.append(_readings(mode, outputs, readers, processes, seconds))
+    return found
+
+
+def _readings(
+    mode: str, outputs: list[dict[str, Any]], readers: int, processes: int, seconds: float
+) -> Readings:
     listing = [s for output in outputs for s in output["conversations"]]
     history = [s for output in outputs for s in output["history"]]
     samples = [s for output in outputs for s in output["error_samples"]]

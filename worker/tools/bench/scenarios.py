@@ -13,6 +13,7 @@ function ``async def run(run: Run, section) -> None``, and one ``Step`` below.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -118,7 +119,10 @@ async def run_chosen(run: Run) -> None:
     for step in STEPS:
         if chosen.intersection(step.scenarios):
             section = run.sections.setdefault(step.key, step.section())
+            started = time.monotonic()
             await step.run(run, section)
+            name = ",".join(sorted(chosen.intersection(step.scenarios)))
+            run.step_seconds[name] = round(time.monotonic() - started, 1)
 
 
 def goals(sections: dict[str, Section]) -> list[Goal]:
