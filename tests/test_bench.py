@@ -119,6 +119,9 @@ def test_latency_and_memory_goals_are_ratios_to_their_floors_or_absolute() -> No
     p99 = by_name["publish-to-commit at 1,000/s, p99 vs floor"]
     assert (p50.value, p50.met, p99.value, p99.met) == (1.95, True, 5.0, False)
     assert by_name["publish-to-commit at 5,000/s, p50 vs floor"].met is None, "not run"
+    queued = Floor(5000, _ms(900, 2000, 3000), _ms(0.5, 1.0, 2.0), _ms(900.5, 2001, 3002))
+    saturated = Latency([LatencyResult(5000, 4800, 50_000, _ms(950, 2100, 3100), queued)])
+    assert all(g.met is None and "not judged" in g.measured for g in saturated.goals()[-2:])
     memory = Memory(MemoryResult(1_000_000, 30, 100_000, 900_000, 151.0))
     assert [(g.value, g.met) for g in memory.goals()] == [(151.0, False)]
     assert Memory().goals()[0].met is None
@@ -248,10 +251,11 @@ def test_a_tiny_bench_runs_every_scenario_and_writes_sane_json(
     assert ingest_goal["value"] == ingest["ratios"]["worker_2/raw"]
     assert ingest_goal["met"] == (ingest_goal["value"] >= 0.8)
     p99_goal = by_name["publish-to-commit at 200/s, p99 vs floor"]
-    assert (p99_goal["value"], p99_goal["met"]) == (
-        at_rate["ratios"]["p99"],
-        at_rate["ratios"]["p99"] <= 4,
-    )
+    if at_rate["floor_saturated"]:  # a machine so loaded that even the floor queued
+        assert p99_goal["met"] is None
+    else:
+        assert p99_goal["value"] == at_rate["ratios"]["p99"]
+        assert p99_goal["met"] == (at_rate["ratios"]["p99"] <= 4)
     for readers, pair in zip(("1 reader", "2 readers"), reads["runs"], strict=True):
         goal = by_name[f"reads, {readers}, history p95 vs asyncpg floor"]
         assert goal["value"] == pair["p95_ratios"]["history"]

@@ -42,6 +42,10 @@ GOAL_RATES: Final = (1000.0, 5000.0)
 GOAL_P50: Final = 2.0
 GOAL_P99: Final = 4.0
 """The worker's p50 at most 2x the floor's, its p99 at most 4x."""
+SATURATED_MS: Final = 100.0
+"""A bare consumer's median publish-to-deliver above this means the deliveries queued:
+unqueued, one takes a millisecond or two. The broker and the machine could not carry
+the rate, so a ratio to that floor would say nothing about the worker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,11 @@ class Floor:
     deliver: Percentiles  # publish-to-deliver, bare consumer
     commit: Percentiles  # one single-row INSERT + COMMIT
     total: Percentiles  # the two added, percentile by percentile
+
+    @property
+    def saturated(self) -> bool:
+        """The bare consumer itself fell behind the publisher: no floor at this rate."""
+        return self.deliver.p50_ms > SATURATED_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +83,10 @@ class Latency:
 
     def document(self) -> dict[str, Any]:
         return {
-            "rates": [dataclasses.asdict(r) | {"ratios": r.ratios()} for r in self.rates],
+            "rates": [
+                dataclasses.asdict(r) | {"ratios": r.ratios(), "floor_saturated": r.floor.saturated}
+                for r in self.rates
+            ],
         }
 
     def table(self) -> list[str]:
@@ -90,7 +102,8 @@ class Latency:
                 (f"{at}: broker publish-to-deliver, bare consumer "
                  f"({floor.achieved_rate:,.0f}/s)", floor.deliver),
                 (f"{at}: single-row commit", floor.commit),
-                (f"{at}: **floor** = the two added", floor.total),
+                (f"{at}: **floor** = the two added"
+                 + (" (saturated: the floor queued)" if floor.saturated else ""), floor.total),
                 (f"{at}: **chatstore worker** ({result.achieved_rate:,.0f}/s, "
                  f"{result.events:,} events)", result.latency),
             )  # fmt: skip
@@ -116,6 +129,18 @@ class Latency:
             for name, most in (("p50", GOAL_P50), ("p99", GOAL_P99)):
                 shown = None
                 value = ratios.get(name)
+                if result is not None and result.floor.saturated:
+                    found.append(
+                        Goal(
+                            f"publish-to-commit at {rate:,.0f}/s, {name} vs floor",
+                            f"<= {number(most)} x floor",
+                            None,
+                            f"not judged: the floor itself queued (bare consumer p50 "
+                            f"{result.floor.deliver.p50_ms:,.0f} ms > {SATURATED_MS:g} ms)",
+                            None,
+                        )
+                    )
+                    continue
                 if result is not None and value is not None:
                     shown = (
                         f"{number(value)} ({result.latency.at(name):.2f} / "
