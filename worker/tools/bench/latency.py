@@ -242,13 +242,26 @@ async def _publish_at_rate(amqp_url: str, rate: float, total: int) -> float:
     """Publish ``total`` events evenly spaced at ``rate``/s; returns the rate achieved.
 
     Confirms are collected, not awaited one by one: waiting for each would
-    hold the next event back and spoil the spacing.
+    hold the next event back and spoil the spacing. Each event is stamped
+    when its publish starts, not when it was scheduled: a loop that falls
+    behind would otherwise count its own queue of publishes as the broker's
+    latency, and the rate achieved is the span of those stamps.
     """
     conversations = Workload(total).conversations()
     loop = asyncio.get_running_loop()
+    sent_at: list[float] = []
     connection = await aiormq.connect(amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
+
+        async def publish(n: int) -> object:
+            conversation_id, user_id = conversations[n % len(conversations)]
+            sent_at.append(loop.time())
+            payload = body(n, conversation_id, user_id, datetime.now(UTC))
+            return await channel.basic_publish(
+                payload, exchange=topology.EXCHANGE, routing_key=ROUTING_KEY, properties=PROPERTIES
+            )
+
         confirms: list[asyncio.Task[object]] = []
         started = loop.time()
         for n in range(total):
@@ -256,22 +269,11 @@ async def _publish_at_rate(amqp_url: str, rate: float, total: int) -> float:
             delay = started + n / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            conversation_id, user_id = conversations[n % len(conversations)]
-            payload = body(n, conversation_id, user_id, datetime.now(UTC))
-            confirms.append(
-                asyncio.create_task(
-                    channel.basic_publish(
-                        payload,
-                        exchange=topology.EXCHANGE,
-                        routing_key=ROUTING_KEY,
-                        properties=PROPERTIES,
-                    )
-                )
-            )
-        elapsed = loop.time() - started
+            confirms.append(asyncio.create_task(publish(n)))
         if not all(isinstance(c, Basic.Ack) for c in await asyncio.gather(*confirms)):
             raise PublishRefusedError("the broker refused a publish")
     finally:
         await connection.close()
+    elapsed = max(sent_at) - min(sent_at) if sent_at else 0.0
     # n events span n - 1 intervals.
     return (total - 1) / elapsed if total > 1 and elapsed > 0 else rate
