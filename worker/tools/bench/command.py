@@ -1,4 +1,5 @@
-"""``chatstore bench``: the run of the chosen scenarios in order (options in ``options``)."""
+"""``chatstore bench``: the run of the chosen scenarios in order (options in ``options``,
+the scenarios in ``scenarios``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,33 +19,38 @@ from typing import Any
 from worker import exits
 from worker.redact import redact
 from worker.settings import Settings
-from worker.tools.bench import broker, database, ingest
-from worker.tools.bench.latency import run_latency
-from worker.tools.bench.memory import run_memory
-from worker.tools.bench.reads import run_reads
-from worker.tools.bench.report import Results, document, table
+from worker.tools.bench import broker, database, scenarios
+from worker.tools.bench.context import Run
+from worker.tools.bench.goals import Section
+from worker.tools.bench.pgbouncer import PgBouncerError
+from worker.tools.bench.report import document, table
 from worker.tools.sandbox import Sandbox, SandboxError, declare_topology, sandbox
 from worker.unavailable import ServiceUnavailableError, describe
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the chosen scenarios; print the table, write the JSON; returns the exit code."""
+    """Run the chosen scenarios; print the tables, write the JSON; returns the exit code."""
     log_dir = Path(tempfile.mkdtemp(prefix="chatstore-bench-"))
     code = exits.FAILURE
+    started = time.monotonic()
     try:
-        results, machine = asyncio.run(_run(settings, args, log_dir))
+        sections, machine = asyncio.run(_run(settings, args, log_dir))
+        machine["wall_seconds"] = round(time.monotonic() - started, 1)
         options = {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
             if not callable(v) and k != "command"
         }
-        args.json.write_text(json.dumps(document(results, options, machine), indent=2) + "\n")
-        print(table(results))
-        print(f"\nresults written to {args.json}")
+        goals = scenarios.goals(sections)
+        args.json.write_text(
+            json.dumps(document(sections, goals, options, machine), indent=2) + "\n"
+        )
+        print(table(sections, goals))
+        print(f"\nbench took {machine['wall_seconds']:g} s; results written to {args.json}")
         code = exits.OK
     except ServiceUnavailableError:
         raise  # it names the server: cli.main prints it
-    except SandboxError as error:
+    except (SandboxError, PgBouncerError) as error:
         print(f"chatstore: bench: {error}", file=sys.stderr)
         code = exits.USAGE
     except Exception as error:
@@ -63,48 +70,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _run(
     settings: Settings, args: argparse.Namespace, log_dir: Path
-) -> tuple[Results, dict[str, Any]]:
-    results = Results()
+) -> tuple[dict[str, Section], dict[str, Any]]:
     async with sandbox(settings, prefix="chatstore_bench", keep=args.keep) as environment:
         machine = await _machine(environment)
         await declare_topology(environment.amqp_url, settings.delivery_limit)
-        await _scenarios_in_order(environment, args, results, log_dir)
+        bench = Run(environment, args, log_dir)
+        await scenarios.run_chosen(bench)
         if args.keep:
             print(f"kept: database and vhost {environment.name}", file=sys.stderr)
-    return results, machine
-
-
-async def _scenarios_in_order(
-    environment: Sandbox, args: argparse.Namespace, results: Results, log_dir: Path
-) -> None:
-    chosen = set(args.scenarios)
-    if chosen & {"raw", "naive", "worker"}:
-        bodies = ingest.bodies_for(args.events)
-        if "raw" in chosen:
-            results.ingest["raw"] = await ingest.run_raw(environment, bodies)
-        if "naive" in chosen:
-            results.ingest["naive"] = await ingest.run_naive(environment, bodies)
-        if "worker" in chosen:
-            for processes in (1, 2):
-                results.ingest[f"worker_{processes}"] = await ingest.run_workers(
-                    environment, bodies, processes, log_dir
-                )
-    if "latency" in chosen:
-        results.latency = await run_latency(
-            environment, rate=args.rate, seconds=args.latency_seconds, log_dir=log_dir
-        )
-    if "rss" in chosen:
-        results.memory = await run_memory(
-            environment, backlog=args.backlog, seconds=args.rss_seconds, log_dir=log_dir
-        )
-    if "reads" in chosen:
-        results.reads = await run_reads(
-            environment,
-            messages=args.messages,
-            readers=args.readers,
-            processes=args.reader_processes,
-            seconds=args.read_seconds,
-        )
+    machine["step_seconds"] = bench.step_seconds
+    return bench.sections, machine
 
 
 async def _machine(environment: Sandbox) -> dict[str, Any]:
@@ -112,6 +87,7 @@ async def _machine(environment: Sandbox) -> dict[str, Any]:
     return {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "python": platform.python_version(),
         "postgresql": str(postgres).split()[0],
         "rabbitmq": await broker.server_version(environment.amqp_url),

@@ -1,8 +1,10 @@
-"""Pure statistics for the bench: rates, percentiles, ratios. No I/O, no clocks."""
+"""Pure statistics for the bench: rates, percentiles, medians of rounds, ratios.
+No I/O, no clocks."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +18,30 @@ class Percentiles:
     p95_ms: float
     p99_ms: float
     max_ms: float
+
+    def at(self, name: str) -> float:
+        """One percentile by its name: ``p50``, ``p95``, ``p99`` or ``max``."""
+        value: float = getattr(self, f"{name}_ms")
+        return value
+
+
+PERCENTILES = ("p50", "p95", "p99")
+"""The percentiles every latency is reported at, and floors are added at."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """The rounds of one measurement: their median and their range (min to max).
+
+    The range, not the IQR: with 3 to 5 rounds a quartile is little more than
+    a neighbour of the median, and the whole range says plainly how far the
+    rounds scattered.
+    """
+
+    rounds: int
+    median: float
+    low: float
+    high: float
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -42,6 +68,29 @@ def summarise(seconds: Sequence[float]) -> Percentiles:
         p99_ms=round(percentile(ordered, 0.99) * 1000, 3),
         max_ms=round(ordered[-1] * 1000, 3),
     )
+
+
+def added(first: Percentiles, second: Percentiles) -> Percentiles:
+    """Two latencies one after the other, percentile by percentile.
+
+    Not the distribution of a sum (which would need the samples paired), but
+    the floor the issue defines: each percentile of the one plus the same
+    percentile of the other. ``count`` is the smaller of the two.
+    """
+    return Percentiles(
+        count=min(first.count, second.count),
+        p50_ms=round(first.p50_ms + second.p50_ms, 3),
+        p95_ms=round(first.p95_ms + second.p95_ms, 3),
+        p99_ms=round(first.p99_ms + second.p99_ms, 3),
+        max_ms=round(first.max_ms + second.max_ms, 3),
+    )
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """The median and range of rounds (an even count's median is the mean of the middle two)."""
+    if not values:
+        raise ValueError("no rounds")
+    return Spread(len(values), statistics.median(values), min(values), max(values))
 
 
 def rate(count: int, seconds: float) -> float:
