@@ -187,14 +187,15 @@ def test_a_tiny_bench_runs_every_scenario_and_writes_sane_json(
         *("--rates", "200", "--latency-seconds", "0.5"),
         *("--messages", "5000", "--readers", "1,2", "--read-seconds", "0.5"),
         *("--pooled-readers", "24", "--pooled-processes", "2", "--pool-size", "3"),
-        *("--backlog", "1000", "--rss-seconds", "0.5", "--json", str(output)),
+        *("--backlog", "1000", "--rss-seconds", "0.5", "--tracing-events", "200"),
+        *("--json", str(output)),
     )
 
     assert run(settings, args) == 0
 
     report = json.loads(output.read_text())
     scenarios = report["scenarios"]
-    assert set(scenarios) == {"ingest", "latency", "reads", "pgbouncer", "rss"}
+    assert set(scenarios) == {"ingest", "latency", "reads", "pgbouncer", "rss", "tracing"}
     ingest = scenarios["ingest"]
     assert set(ingest["rounds"]) == {"raw", "worker_1", "worker_2"}
     for name, rounds in ingest["rounds"].items():
@@ -246,6 +247,15 @@ def test_a_tiny_bench_runs_every_scenario_and_writes_sane_json(
     assert 10 < memory["peak_rss_mib"] < 1000
     assert memory["consumed"] + memory["waiting_at_end"] <= 1000
 
+    tracing = scenarios["tracing"]  # the otel extra is in the dev extra
+    assert (tracing["events"], tracing["rounds"]) == (200, 1)
+    assert tracing["off_us_per_event"] > 0
+    assert tracing["on_us_per_event"] > 0
+    # One round: its difference is the difference of its medians (each rounded).
+    assert tracing["overhead_us_per_event"] == pytest.approx(
+        tracing["on_us_per_event"] - tracing["off_us_per_event"], abs=0.02
+    )
+
     by_name = {goal["what"]: goal for goal in report["goals"]}
     ingest_goal = by_name["ingest, 2 processes, vs (a) raw (medians)"]
     assert ingest_goal["value"] == ingest["ratios"]["worker_2/raw"]
@@ -269,4 +279,5 @@ def test_a_tiny_bench_runs_every_scenario_and_writes_sane_json(
     printed = capsys.readouterr().out
     assert "(c) chatstore worker --processes 2" in printed
     assert "| goal | target |" in printed
+    assert "| tracing | flush path, us/event, off |" in printed
     assert f"results written to {output}" in printed

@@ -10,7 +10,16 @@ from typing import Final, TypeVar
 
 from worker.arguments import positive_float, positive_int
 
-SCENARIOS: Final = ("raw", "naive", "worker", "latency", "reads", "pgbouncer", "rss")
+SCENARIOS: Final = (
+    "raw",
+    "naive",
+    "worker",
+    "latency",
+    "reads",
+    "pgbouncer",
+    "rss",
+    "tracing",
+)
 """Every scenario, in the order the bench runs them (``worker.tools.bench.scenarios``)."""
 
 T = TypeVar("T")
@@ -56,6 +65,13 @@ _NUMBERS: Final = (
     ("--pool-size", positive_int, 20, "N", "PgBouncer's server connections in (g)"),
     ("--backlog", positive_int, 1_000_000, "N", "events waiting while (f) watches the worker"),
     ("--rss-seconds", positive_float, 30.0, "S", "how long the worker of (f) consumes"),
+    (
+        "--tracing-events",
+        positive_int,
+        5_000,
+        "N",
+        "events timed per round of the tracing cost, off and on (--rounds rounds)",
+    ),
 )
 # Lists: (flag, type of an item, default, metavar, what it sets).
 _LISTS: Final = (

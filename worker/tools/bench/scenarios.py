@@ -26,6 +26,7 @@ from worker.tools.bench.latency import Latency, run_latency
 from worker.tools.bench.memory import Memory, run_memory
 from worker.tools.bench.pooled import Pooled, run_pooled
 from worker.tools.bench.reads import Reads, run_reads
+from worker.tools.bench.tracing import TracingCost, run_tracing
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,13 @@ async def _memory(run: Run, section: Section) -> None:
     )
 
 
+async def _tracing(run: Run, section: Section) -> None:
+    assert isinstance(section, TracingCost)
+    await run_tracing(
+        run.environment, events=run.args.tracing_events, rounds=run.args.rounds, into=section
+    )
+
+
 STEPS: Final = (
     Step("ingest", ("raw", "worker"), Ingest, _ingest_rounds),
     Step("ingest", ("naive",), Ingest, _naive),
@@ -110,6 +118,8 @@ STEPS: Final = (
     Step("reads", ("reads",), Reads, _reads),
     Step("pgbouncer", ("pgbouncer",), Pooled, _pooled),
     Step("rss", ("rss",), Memory, _memory),
+    # Last: it empties the tables the read data set of (e) and (g) is in.
+    Step("tracing", ("tracing",), TracingCost, _tracing),
 )
 
 

@@ -25,6 +25,7 @@ The result is the median of the rounds and the per-round differences.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import random
 import statistics
@@ -32,6 +33,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -40,6 +42,7 @@ from pamqp.commands import Basic
 
 from contracts import message_created
 from worker import topology
+from worker.tools.bench.goals import Goal
 from worker.tools.progress import Progress
 from worker.tools.sandbox import Sandbox, execute
 
@@ -166,6 +169,53 @@ async def run_tracing_cost(
         "off_spread_us": [round(min(off), 2), round(max(off), 2)],
         "on_spread_us": [round(min(on), 2), round(max(on), 2)],
     }
+
+
+OTEL_MISSING: Final = "the otel extra is not installed (pip install 'chatstore[otel]')"
+
+
+@dataclass
+class TracingCost:
+    """The tracing scenario, once it ran (or why it could not)."""
+
+    result: dict[str, Any] | None = None
+    skipped: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
+        return dict(self.result or {})
+
+    def table(self) -> list[str]:
+        if self.result is None and self.skipped is None:
+            return []
+        lines = [
+            "| tracing | flush path, us/event, off | on | added per event | added |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        if (found := self.result) is None:
+            return [*lines, f"| skipped: {self.skipped} | | | | |"]
+        off, on = found["off_spread_us"], found["on_spread_us"]
+        return [
+            *lines,
+            f"| {found['events']:,} events x {found['rounds']} rounds, batches of "
+            f"{found['batch_size']} | {found['off_us_per_event']:g} ({off[0]:g}-{off[1]:g}) "
+            f"| {found['on_us_per_event']:g} ({on[0]:g}-{on[1]:g}) "
+            f"| {found['overhead_us_per_event']:g} us | {found['overhead_percent']:g} % |",
+        ]
+
+    def goals(self) -> list[Goal]:
+        return []  # a cost to report; issue 12 sets no goal for it
+
+
+async def run_tracing(environment: Sandbox, *, events: int, rounds: int, into: TracingCost) -> None:
+    """Measure into ``into``, or say why not: without the SDK there is nothing to turn on."""
+    if importlib.util.find_spec("opentelemetry") is None or (
+        importlib.util.find_spec("opentelemetry.sdk") is None
+    ):
+        into.skipped = OTEL_MISSING
+        return
+    into.result = await run_tracing_cost(environment, events=events, rounds=rounds)
 
 
 # The measuring process.
