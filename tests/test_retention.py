@@ -577,12 +577,14 @@ async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun
     # The 11th batch of 10 waits for this row while the signal arrives: the
     # first ten have committed, and the 11th commits once the lock is gone.
     connection, transaction = await _lock_row(database_url, ids[105])
-    process = await asyncio.create_subprocess_exec(
-        *_purge_command("--batch-size", "10", "--lock-timeout", "60", "--json"),
-        env=worker_environment(maintenance_settings(purge_settings)),
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "purge.log").open("wb"),
-    )
+    # The child has its own copy of the descriptor: ours is closed at once.
+    with (tmp_path / "purge.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *_purge_command("--batch-size", "10", "--lock-timeout", "60", "--json"),
+            env=worker_environment(maintenance_settings(purge_settings)),
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
         assert await count(database_url, "conversations") == 405 - 100
@@ -647,12 +649,14 @@ async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_g
 
     # 1. SIGKILL while the 11th batch of 10 waits for our lock on one of its rows.
     connection, transaction = await _lock_row(database_url, ids[105])
-    killed = await asyncio.create_subprocess_exec(
-        *_purge_command(*batches_of_10),
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "killed.log").open("wb"),
-    )
+    # The child has its own copy of the descriptor: ours is closed at once.
+    with (tmp_path / "killed.log").open("wb") as log:
+        killed = await asyncio.create_subprocess_exec(
+            *_purge_command(*batches_of_10),
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
         [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
@@ -673,12 +677,14 @@ async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_g
     connection, transaction = await _lock_row(database_url, ids[205])
     admin = await asyncpg.connect(services_admin_url.render_as_string(hide_password=False))
     database = f'"{database_url.database}"'
-    failed = await asyncio.create_subprocess_exec(
-        *_purge_command(*batches_of_10),
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "failed.log").open("wb"),
-    )
+    # The child has its own copy of the descriptor: ours is closed at once.
+    with (tmp_path / "failed.log").open("wb") as log:
+        failed = await asyncio.create_subprocess_exec(
+            *_purge_command(*batches_of_10),
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
         [backend] = [row["pid"] for row in await _lock_waiters(database_url)]

@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL
 from structlog.testing import capture_logs
 
 from contracts import MessageCreated, Publisher, conversation_archived, message_created
-from tests.db import fetch_all
+from tests.db import connect, fetch_all
 from tests.events import message_created as message_created_dict
 from tests.harness import (
     count,
@@ -369,19 +369,41 @@ async def test_a_retried_write_is_one_span_per_attempt(
     settings: Settings, database_url: URL, amqp_url: str, spans: InMemorySpanExporter
 ) -> None:
     tracer = trace.get_tracer("chat-runtime")
+    first = new_message()
     async with running_worker(settings), Publisher(amqp_url) as publisher:
-        await publisher.publish(new_message())
+        await publisher.publish(first)
         await wait_for(table_has(database_url, "messages", 1), what="the first row")
-        # The worker's pooled connections die: its next write fails once on a
-        # dead connection (transient), then succeeds on a new one.
-        await fetch_all(
-            database_url,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        await wait_for(lambda: _other_backends_gone(database_url), what="the backends gone")
-        with tracer.start_as_current_span("chat.request", kind=SpanKind.PRODUCER) as producer:
-            await publisher.publish(event := new_message())
+        # The next write waits for the test's lock on the conversation; its
+        # backend is terminated meanwhile, so the attempt fails (transient)
+        # and the next, on a new connection, commits.
+        lock = await connect(database_url)
+        try:
+            async with lock.transaction():
+                await lock.execute(
+                    "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
+                    first.data.conversation_id,
+                )
+                with tracer.start_as_current_span(
+                    "chat.request", kind=SpanKind.PRODUCER
+                ) as producer:
+                    await publisher.publish(
+                        event := message_created(
+                            conversation_id=first.data.conversation_id,
+                            user_id="alice",
+                            role="assistant",
+                            content="traced",
+                        )
+                    )
+                await wait_for(
+                    lambda: _a_backend_waits_for_a_lock(database_url), what="the lock wait"
+                )
+                await fetch_all(
+                    database_url,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+        finally:
+            await lock.close()
         await wait_for(table_has(database_url, "messages", 2), what="the second row")
     assert event.data.message_id in await stored_ids(database_url)
     (process,) = [
@@ -403,13 +425,13 @@ async def test_a_retried_write_is_one_span_per_attempt(
     assert len(children(spans, process, "settle chat.events")) == 1
 
 
-async def _other_backends_gone(database_url: URL) -> bool:
+async def _a_backend_waits_for_a_lock(database_url: URL) -> bool:
     rows = await fetch_all(
         database_url,
         "SELECT count(*) AS n FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'",
     )
-    return int(rows[0]["n"]) == 0
+    return int(rows[0]["n"]) > 0
 
 
 # A process without OpenTelemetry: every import of it fails, as when the
