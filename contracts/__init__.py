@@ -40,7 +40,8 @@ from contracts.rejection import DETAIL_MAX_BYTES, Reason, Rejection
 from contracts.routing import CONVERSATION_ARCHIVED, EXCHANGE, MESSAGE_CREATED, ROUTING_KEYS
 
 if TYPE_CHECKING:
-    from contracts.publisher import CloseReport, Publisher, PublisherStats, WhenFull
+    from contracts.publisher import Publisher, WhenFull
+    from contracts.publishing import CloseReport, PublisherStats
 
 # Loaded on first use (PEP 562), so that importing the contract, the models or
 # the history repository does not load aio-pika.

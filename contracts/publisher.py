@@ -27,7 +27,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import NamedTuple, Self
@@ -38,6 +37,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from contracts.brokers import BrokerNodes
 from contracts.events import AnyEvent
+from contracts.publishing import CloseReport, PublisherStats
 from contracts.routing import EXCHANGE
 from contracts.tracing import trace_headers
 
@@ -51,28 +51,6 @@ class WhenFull(StrEnum):
     """Drop the new event (counted, logged once per interval). The default."""
     BLOCK = "block"
     """``enqueue`` waits for room; ``publish_nowait``, which cannot wait, drops."""
-
-
-@dataclass
-class PublisherStats:
-    """Counters since the publisher started."""
-
-    buffered: int = 0
-    sent: int = 0
-    dropped: int = 0
-    resent: int = 0
-    reconnects: int = 0
-
-
-@dataclass(frozen=True)
-class CloseReport:
-    """What ``close`` could not send before its timeout."""
-
-    unsent: list[AnyEvent] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.unsent
 
 
 class _UnroutableError(Exception):

@@ -7,17 +7,40 @@ both fit. Starting and stopping belong to whoever makes the publisher, so
 they are not part of it, but ``close`` is: a runtime that shuts down reads
 what could not be sent.
 
-The stats and the close report are protocols too, read-only views of
-``PublisherStats`` and ``CloseReport``, because those live beside the AMQP
-client and this module loads none.
+``PublisherStats`` and ``CloseReport``, which both publishers return, live
+here, beside no AMQP client, so that the in-memory double returns the same
+classes. The protocol names only read-only views of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from contracts.events import AnyEvent
+
+
+@dataclass
+class PublisherStats:
+    """Counters since the publisher started."""
+
+    buffered: int = 0
+    sent: int = 0
+    dropped: int = 0
+    resent: int = 0
+    reconnects: int = 0
+
+
+@dataclass(frozen=True)
+class CloseReport:
+    """What ``close`` could not send before its timeout."""
+
+    unsent: list[AnyEvent] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unsent
 
 
 class PublisherCounters(Protocol):

@@ -45,15 +45,14 @@ from uuid import UUID
 
 from contracts.decode import decode
 from contracts.events import AnyEvent, ConversationArchived, MessageCreated
+from contracts.publishing import CloseReport, PublisherStats
 from contracts.rejection import Rejection
 from contracts.routing import EXCHANGE
 from contracts.tracing import trace_headers
 
 __all__ = [
     "ContractViolationError",
-    "InMemoryCloseReport",
     "InMemoryPublisher",
-    "InMemoryStats",
     "PublishedMessage",
     "RefusedEvent",
 ]
@@ -72,28 +71,6 @@ class ContractViolationError(AssertionError):
         )
         self.event = event
         self.rejection = rejection
-
-
-@dataclass
-class InMemoryStats:
-    """The counters of ``PublisherStats``; every event accepted is sent at once."""
-
-    buffered: int = 0
-    sent: int = 0
-    dropped: int = 0
-    resent: int = 0
-    reconnects: int = 0
-
-
-@dataclass(frozen=True)
-class InMemoryCloseReport:
-    """``CloseReport``'s shape; nothing is ever left unsent in memory."""
-
-    unsent: list[AnyEvent] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.unsent
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +105,7 @@ class InMemoryPublisher:
     """A ``Publisher`` that keeps what it is given; see the module's documentation."""
 
     def __init__(self) -> None:
-        self.stats = InMemoryStats()
+        self.stats = PublisherStats()
         # True: drop as a full buffer does (publish, which bypasses the buffer, still sends).
         self.full = False
         self._messages: list[PublishedMessage] = []
@@ -173,10 +150,10 @@ class InMemoryPublisher:
         self._accept(event, "publish", headers)
         self.stats.sent += 1
 
-    async def close(self, timeout_s: float = 10.0) -> InMemoryCloseReport:
+    async def close(self, timeout_s: float = 10.0) -> CloseReport:
         """Stop accepting events; nothing is ever left unsent."""
         self._closed = True
-        return InMemoryCloseReport()
+        return CloseReport()
 
     @property
     def closed(self) -> bool:

@@ -47,6 +47,7 @@ from tests.harness import (
 from worker import topology
 from worker.database import create_engine
 from worker.settings import Settings
+from worker.tools.bench import pgbouncer
 
 POOL_SIZE = 2
 WORKERS = 3
@@ -65,37 +66,15 @@ def _pgbouncer_binary() -> str:
     return found
 
 
-def _config(upstream: URL, port: int, directory: Path) -> str:
-    server = f"host={upstream.host or '127.0.0.1'} port={upstream.port or 5432}"
-    server += f" dbname={upstream.database} user={upstream.username}"
-    if upstream.password:
-        server += f" password={upstream.password}"
-    return f"""\
-[databases]
-{upstream.database} = {server}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {directory}/userlist.txt
-pool_mode = transaction
-default_pool_size = {POOL_SIZE}
-min_pool_size = 0
-reserve_pool_size = 0
-max_client_conn = 100
-logfile = {directory}/pgbouncer.log
-pidfile = {directory}/pgbouncer.pid
-"""
-
-
 @contextlib.contextmanager
 def _running_pgbouncer(upstream: URL) -> Iterator[URL]:
     binary = _pgbouncer_binary()
     directory = Path(tempfile.mkdtemp(prefix="chatstore-pgbouncer-"))
     port = free_port()
-    (directory / "pgbouncer.ini").write_text(_config(upstream, port, directory))
+    # The bench's own configuration: transaction mode, a pool of POOL_SIZE.
+    (directory / "pgbouncer.ini").write_text(
+        pgbouncer.config(upstream, port=port, pool_size=POOL_SIZE, clients=80, directory=directory)
+    )
     (directory / "userlist.txt").write_text(f'"{upstream.username}" ""\n')
     command = [binary, str(directory / "pgbouncer.ini")]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
