@@ -43,7 +43,7 @@ from worker import exits, topology
 from worker.arguments import duration, instant, past_instant
 from worker.settings import Settings
 from worker.tools.progress import Progress
-from worker.tools.retention.archive import archive
+from worker.tools.retention.archive import ArchiveReport, archive
 from worker.tools.retention.batches import Bounds
 from worker.tools.retention.purge import purge
 
@@ -192,18 +192,26 @@ async def _archived_count(url: URL, expected: int) -> bool:
     return int(rows[0]["n"]) == expected
 
 
-async def test_an_archive_whose_broker_fails_midway_counts_only_what_was_confirmed_and_stops(
-    settings: Settings, database_url: URL, amqp_url: str
-) -> None:
+async def _archive_under_way(
+    settings: Settings, database_url: URL, amqp_url: str, stop: asyncio.Event | None = None
+) -> asyncio.Task[ArchiveReport]:
+    """An archive of 5,000 idle conversations, started and 200 events into its publishing."""
     await fill(database_url, conversations=5000, messages_each=0, status="active", updated_at=None)
     running = asyncio.create_task(
-        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event())
+        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=stop or asyncio.Event())
     )
 
     async def under_way() -> bool:
         return running.done() or await queue_depth(amqp_url) >= 200
 
     await wait_for(under_way, what="the archive under way")
+    return running
+
+
+async def test_an_archive_whose_broker_fails_midway_counts_only_what_was_confirmed_and_stops(
+    settings: Settings, database_url: URL, amqp_url: str
+) -> None:
+    running = await _archive_under_way(settings, database_url, amqp_url)
     # From now on every publish fails: the broker closes the channel (404).
     async with await aio_pika.connect(amqp_url) as connection:
         channel = await connection.channel()
@@ -222,16 +230,8 @@ async def test_an_archive_whose_broker_fails_midway_counts_only_what_was_confirm
 async def test_an_archive_stopped_midway_stops_after_the_events_in_hand(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
-    await fill(database_url, conversations=5000, messages_each=0, status="active", updated_at=None)
     stop = asyncio.Event()
-    running = asyncio.create_task(
-        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=stop)
-    )
-
-    async def under_way() -> bool:
-        return running.done() or await queue_depth(amqp_url) >= 200
-
-    await wait_for(under_way, what="the archive under way")
+    running = await _archive_under_way(settings, database_url, amqp_url, stop)
     stop.set()  # what SIGINT and SIGTERM do (worker.tools.retention.stopping)
     report = await asyncio.wait_for(running, timeout=60)
     assert (report.interrupted, report.stop_reason, report.failed) == (True, "signal", 0)
@@ -243,15 +243,7 @@ async def test_an_archive_stopped_midway_stops_after_the_events_in_hand(
 async def test_an_archive_whose_database_fails_midway_stops_with_its_report(
     settings: Settings, database_url: URL, amqp_url: str
 ) -> None:
-    await fill(database_url, conversations=5000, messages_each=0, status="active", updated_at=None)
-    running = asyncio.create_task(
-        archive(settings, idle_for=timedelta(days=100), dry_run=False, stop=asyncio.Event())
-    )
-
-    async def under_way() -> bool:
-        return running.done() or await queue_depth(amqp_url) >= 200
-
-    await wait_for(under_way, what="the archive under way")
+    running = await _archive_under_way(settings, database_url, amqp_url)
     # The next page waits for our lock; its backend is then terminated.
     connection = await connect(database_url)
     transaction = connection.transaction()
