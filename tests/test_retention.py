@@ -551,9 +551,10 @@ def _purge_command(*arguments: str) -> list[str]:
     ]
 
 
-async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun_finishes(
-    purge_settings: Settings, database_url: URL, tmp_path: Path
-) -> None:
+async def _four_hundred_archived_and_five_active(
+    database_url: URL,
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """400 archived conversations (in id order) and 5 active ones, 10 messages each."""
     ids = sorted(
         await fill(
             database_url,
@@ -566,6 +567,13 @@ async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun
     kept = await fill(
         database_url, conversations=5, messages_each=10, status="active", updated_at=LONG_AGO
     )
+    return ids, kept
+
+
+async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun_finishes(
+    purge_settings: Settings, database_url: URL, tmp_path: Path
+) -> None:
+    ids, kept = await _four_hundred_archived_and_five_active(database_url)
     # The 11th batch of 10 waits for this row while the signal arrives: the
     # first ten have committed, and the 11th commits once the lock is gone.
     connection, transaction = await _lock_row(database_url, ids[105])
@@ -624,18 +632,7 @@ async def _backend_gone(url: URL, pid: int) -> bool:
 async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_gives_the_report(
     purge_settings: Settings, database_url: URL, services_admin_url: URL, tmp_path: Path
 ) -> None:
-    ids = sorted(
-        await fill(
-            database_url,
-            conversations=400,
-            messages_each=10,
-            status="archived",
-            updated_at=LONG_AGO,
-        )
-    )
-    kept = await fill(
-        database_url, conversations=5, messages_each=10, status="active", updated_at=LONG_AGO
-    )
+    ids, kept = await _four_hundred_archived_and_five_active(database_url)
     environment = worker_environment(maintenance_settings(purge_settings))
     batches_of_10 = ("--batch-size", "10", "--lock-timeout", "60", "--json")
 
