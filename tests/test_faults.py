@@ -129,15 +129,18 @@ async def test_cutting_every_broker_connection_mid_stream_loses_and_doubles_noth
     services: Services, database_url: URL, amqp_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = worker_settings(database_url, amqp_url, batch_max_size=100, prefetch_count=200)
-    published = events(EVENTS)
+    # More than the other tests' stream: rabbitmqctl takes a second or two to
+    # start, in which a worker writing one statement per batch stores thousands.
+    total = 5 * EVENTS
+    published = events(total)
     await publish(amqp_url, published)
     async with running_worker(settings) as worker:
-        await wait_for(lambda: rows_between(database_url, 200, EVENTS), what="a stream under way")
+        await wait_for(lambda: rows_between(database_url, 200, total), what="a stream under way")
         await services.rabbitmqctl(
             ["close_all_connections", "-p", vhost_of(amqp_url), "test: cut mid-stream"]
         )
-        assert await count(database_url, "messages") < EVENTS, "the cut came too late"
-        await wait_for(table_has(database_url, "messages", EVENTS), within_s=60)
+        assert await count(database_url, "messages") < total, "the cut came too late"
+        await wait_for(table_has(database_url, "messages", total), within_s=60)
         assert not worker.done()
     assert "broker.lost" in capsys.readouterr().out
     await assert_all_stored_once_and_nothing_dead_lettered(database_url, amqp_url, published)
