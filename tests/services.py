@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL, make_url
 
+from worker.tools import subprocesses
 from worker.tools.sandbox import rabbitmqctl
 
 DATABASE_ENV = "CHATSTORE_TEST_DATABASE_URL"
@@ -72,13 +73,10 @@ def _local_postgres_control(action: str) -> Any:
         command = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", action]
         if action == "stop":
             command += ["--mode", "fast"]
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-        _, stderr = await process.communicate()
-        already = action == "start" and process.returncode == 2  # it was running
-        if process.returncode != 0 and not already:
-            raise RuntimeError(f"{' '.join(command)}: {stderr.decode().strip()}")
+        done = await subprocesses.run(command)
+        already = action == "start" and done.returncode == 2  # it was running
+        if done.returncode != 0 and not already:
+            raise RuntimeError(f"{' '.join(command)}: {done.stderr.decode().strip()}")
 
     return run()
 

@@ -4,12 +4,16 @@ nodes, quorum queues replicated on all three, and the node of a connection found
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aio_pika
 import pytest
 
-from tests.rabbitmq_cluster import SIZE, RabbitCluster
+from tests.rabbitmq_cluster import BOOT_TIMEOUT_S, SIZE, ClusterError, RabbitCluster
 
 # The first test boots the cluster (about a minute here, more on a loaded runner).
 pytestmark = pytest.mark.timeout(600)
@@ -84,3 +88,35 @@ async def test_the_node_of_a_connection_is_found(rabbit_cluster: RabbitCluster, 
 
 # Killing, stopping and restarting nodes is exercised by tests/test_cluster_failover.py,
 # with the worker and the Publisher on the cluster.
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of this machine's processes whose command line contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+    return found
+
+
+def test_a_node_that_cannot_boot_fails_at_once_with_its_log_and_leaves_nothing() -> None:
+    """A broken node fails the boot with its log, without waiting out the timeout,
+    and without a rabbitmqctl left running for a later garbage collection to trip on
+    (which once crashed a whole CI run inside pytest's report of the failure)."""
+    cluster = RabbitCluster.create()
+    first = cluster.nodes[0]
+    try:
+        (first.directory / "rabbitmq.conf").write_text("this line is no setting\n")
+        began = time.monotonic()
+        with pytest.raises(ClusterError, match="exited while booting") as failed:
+            asyncio.run(cluster.boot())
+        assert time.monotonic() - began < BOOT_TIMEOUT_S / 2
+        assert str(first.console_file) in str(failed.value)  # the log comes with it
+        assert first.exited()
+        assert _processes_naming(first.name) == [], "a rabbitmqctl outlived the failed boot"
+        gc.collect()  # an unreaped rabbitmqctl's transport would raise here
+    finally:
+        asyncio.run(cluster.close())
+    assert not cluster.root.exists()

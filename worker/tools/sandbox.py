@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL
 from contracts.brokers import parse_nodes
 from worker import migrate, topology
 from worker.settings import ENV_PREFIX, Settings
+from worker.tools import subprocesses
 from worker.unavailable import connect_rabbitmq, using_postgres
 
 POLL_S: Final = 0.05
@@ -51,16 +52,9 @@ async def rabbitmqctl(*args: str) -> None:
     """Run ``rabbitmqctl`` on this machine's broker; :class:`SandboxError` if it fails."""
     if shutil.which("rabbitmqctl") is None:
         raise SandboxError("rabbitmqctl is not on PATH: a sandbox makes its vhost with it")
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
-        "--quiet",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
-        first = (stderr.decode(errors="replace").strip().splitlines() or ["failed"])[0]
+    done = await subprocesses.run(["rabbitmqctl", "--quiet", *args])
+    if done.returncode != 0:
+        first = (done.stderr.decode(errors="replace").strip().splitlines() or ["failed"])[0]
         raise SandboxError(f"rabbitmqctl {' '.join(args)}: {first}")
 
 
