@@ -64,7 +64,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import AnyEvent, MessageCreated, Reason, Rejection
-from contracts.history.failover import SERVER_CHANGED
+from contracts.history.failover import connection_spoilt
 
 _WRITE_BATCH: Final = "SELECT event, outcome FROM chatstore_write_batch($1, $2, $3, $4, $5, $6, $7)"
 WRITE_FUNCTION: Final = (
@@ -121,7 +121,7 @@ async def _call(connection: AsyncConnection, arguments: list[Any]) -> list[async
         statement = await _prepared(connection, driver)
         return await statement.fetch(*arguments)
     except BaseException as error:
-        if _connection_spoilt(error, driver):
+        if connection_spoilt(error, driver):
             # As SQLAlchemy does for its own statements (and, for a read-only
             # answer, contracts.history.failover): never pool it again.
             with contextlib.suppress(Exception):
@@ -152,21 +152,6 @@ async def _prepared(
     statement = await driver.prepare(_WRITE_BATCH)
     connection.info[_PREPARED] = (driver, statement)
     return statement
-
-
-def _connection_spoilt(error: BaseException, driver: asyncpg.Connection) -> bool:
-    """Whether the connection is no use after ``error``.
-
-    A PostgreSQL error on the data leaves it clean: the statement's own
-    transaction is rolled back by the server. Anything else (a connection
-    lost, a timeout or a cancellation in the middle of the call) leaves it in
-    a state nobody knows, and a server that is going away or answers
-    read-only will give the next batch the same answer.
-    """
-    if driver.is_closed() or not isinstance(error, asyncpg.PostgresError):
-        return True
-    sqlstate = error.sqlstate or ""
-    return sqlstate in SERVER_CHANGED or sqlstate.startswith("08")
 
 
 def _arguments(events: Sequence[AnyEvent]) -> list[Any]:

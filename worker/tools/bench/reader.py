@@ -13,7 +13,8 @@ of a random user, then the last-20 history of one of that user's
 conversations. The modes:
 
 - ``repository``: through :class:`contracts.history.Repository`, as an
-  application calls it, on a pool of ``readers`` connections;
+  application calls it, on ``reader_engine`` with its defaults and a pool of
+  ``readers`` connections;
 - ``asyncpg``: the floor of (e): the same SQL, taken from
   ``contracts.history.queries`` as the repository compiles it, run straight
   on one asyncpg connection per reader with both statements prepared once;
@@ -39,7 +40,7 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.history import Repository, reader_engine
 from contracts.history.queries import compiled, conversations_query, history_query
@@ -150,10 +151,9 @@ async def _measure(
     Its connections are closed before the next mode opens its own."""
     readers = int(config["readers"])
     url = make_url(config["url"])
-    if mode == "pooled":
-        engine = reader_engine(url, transaction_pooling=True, pool_size=readers, max_overflow=0)
-    else:
-        engine = create_async_engine(url, pool_size=readers, max_overflow=0)
+    # The engine an application builds, with the defaults it gets.
+    pooling = mode == "pooled"
+    engine = reader_engine(url, transaction_pooling=pooling, pool_size=readers, max_overflow=0)
     connections: list[asyncpg.Connection] = []
     try:
         owned = owned or await _owned(engine)
