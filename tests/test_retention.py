@@ -789,12 +789,13 @@ def test_a_cutoff_later_than_now_is_refused_and_one_before_is_not() -> None:
         past_instant(in_a_minute.isoformat())
 
 
-def test_a_progress_line_without_a_total_shows_the_count_and_no_bar() -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
-    unknown, known = Terminal(), Terminal()
+
+def test_a_progress_line_without_a_total_shows_the_count_and_no_bar() -> None:
+    unknown, known = _Terminal(), _Terminal()
     for stream, total in ((unknown, None), (known, 40)):
         progress = Progress(total, "purging", stream)
         progress.advance(10)
@@ -812,3 +813,13 @@ def test_a_date_is_midnight_utc_and_a_naive_time_is_utc() -> None:
     for bad in ("last tuesday", "2026-02-30", "2026-09-01T25:00", ""):
         with pytest.raises(argparse.ArgumentTypeError, match=r"^not an ISO date"):
             instant(bad)
+
+
+def test_the_finished_progress_line_is_drawn_once() -> None:
+    stream = _Terminal()
+    progress = Progress(40, "purging", stream)
+    progress.advance(40)  # finished: drawn at once
+    progress.done()
+    assert stream.getvalue().count("\r") == 1
+    assert "40/40 100%" in stream.getvalue()
+    assert stream.getvalue().endswith("\n")

@@ -22,6 +22,7 @@ class Progress:
         self._count = 0
         self._started = time.monotonic()
         self._last_draw = 0.0
+        self._drawn: int | None = None  # the count the line shows
 
     def advance(self, step: int = 1) -> None:
         self._count += step
@@ -33,11 +34,13 @@ class Progress:
 
     def done(self) -> None:
         if self._enabled:
-            self._draw(time.monotonic())
+            if self._drawn != self._count:  # the last advance() may have drawn it already
+                self._draw(time.monotonic())
             self._stream.write("\n")
             self._stream.flush()
 
     def _draw(self, now: float) -> None:
+        self._drawn = self._count
         rate = self._count / max(now - self._started, 1e-9)
         if self._total is None:
             self._stream.write(f"\r{self._label} {self._count:,} {rate:,.0f}/s")
