@@ -13,7 +13,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tests.rabbitmq_cluster import BOOT_TIMEOUT_S, SIZE, ClusterError, RabbitCluster
+from tests.rabbitmq_cluster import BOOT_TIMEOUT_S, SIZE, NodeExitedError, RabbitCluster
 
 # The first test boots the cluster (about a minute here, more on a loaded runner).
 pytestmark = pytest.mark.timeout(600)
@@ -110,7 +110,7 @@ def test_a_node_that_cannot_boot_fails_at_once_with_its_log_and_leaves_nothing()
     try:
         (first.directory / "rabbitmq.conf").write_text("this line is no setting\n")
         began = time.monotonic()
-        with pytest.raises(ClusterError, match="exited while booting") as failed:
+        with pytest.raises(NodeExitedError, match="exited while booting") as failed:
             asyncio.run(cluster.boot())
         assert time.monotonic() - began < BOOT_TIMEOUT_S / 2
         assert str(first.console_file) in str(failed.value)  # the log comes with it

@@ -9,17 +9,19 @@ Against the real PostgreSQL: the server side is ended with
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.history import Repository, reader_engine
 from tests.db import fetch_all
-from tests.harness import add_users
+from tests.harness import add_users, wait_for
 from tests.test_repository import add_conversation
 
 
@@ -45,24 +47,27 @@ async def _running(database_url: URL, pid: int) -> bool:
     return bool(rows)
 
 
-async def test_a_read_on_a_connection_the_server_closed_gets_a_new_one_and_succeeds(
+async def test_a_connection_the_server_closed_is_replaced_at_checkout(
     database_url: URL, reader: AsyncEngine
 ) -> None:
     await add_users(database_url, "alice")
     conversation = await add_conversation(database_url, "alice", None)
-    repository = Repository(reader)
-    assert await repository.conversation("alice", conversation)
     first = await _backend_pid(reader)
     await _terminate(database_url, first)
-    await asyncio.sleep(0.2)  # the pooled connection sees its socket close
 
-    found = await repository.conversation("alice", conversation)
+    async def gone() -> bool:
+        return not await _running(database_url, first)
 
-    assert found is not None
-    assert found.id == conversation
+    await wait_for(gone, within_s=10, what=f"backend {first} to end", every_s=0.02)
+    await asyncio.sleep(0.1)  # the event loop reads the closed socket
+
+    # Through SQLAlchemy's own Connection, which would raise on the closed one
+    # (it retries nothing): only the checkout's check can have replaced it.
     second = await _backend_pid(reader)
     assert second != first
-    assert not await _running(database_url, first), "the terminated backend still runs"
+    found = await Repository(reader).conversation("alice", conversation)
+    assert found is not None
+    assert found.id == conversation
 
 
 async def test_a_read_cut_off_by_the_server_is_run_again_on_a_new_connection(
@@ -84,7 +89,36 @@ async def test_a_read_cut_off_by_the_server_is_run_again_on_a_new_connection(
     assert rows[0]["pid"] != first, "the answer came from the terminated backend"
 
 
-async def test_a_read_error_on_the_data_keeps_the_connection_and_is_not_run_again(
+@pytest.mark.parametrize(
+    ("sql", "argument", "error"),
+    [
+        ("SELECT 1 / $1::int", 0, asyncpg.DivisionByZeroError),  # the server refuses it
+        ("SELECT $1::int", "x", asyncpg.DataError),  # asyncpg cannot encode it
+        # A client-side error that spoils the connection (it is then closed),
+        # which must not pass for a lost one.
+        ("SELECT $1::int, $2::int", 1, asyncpg.InterfaceError),
+    ],
+)
+async def test_a_read_that_fails_on_its_statement_or_arguments_runs_once(
+    reader: AsyncEngine, sql: str, argument: object, error: type[Exception]
+) -> None:
+    checkouts: list[int] = []
+    event.listen(reader.sync_engine, "checkout", lambda *_: checkouts.append(1))
+    with pytest.raises(error):
+        await Repository(reader)._run(sql, [argument])
+    assert len(checkouts) == 1, "the read ran again"
+
+
+async def test_a_failure_to_connect_is_sqlalchemys_dbapi_error(database_url: URL) -> None:
+    engine = reader_engine(database_url.set(database=f"missing_{uuid.uuid4().hex[:8]}"))
+    try:
+        with pytest.raises(DBAPIError, match="does not exist"):
+            await Repository(engine).conversations("alice")
+    finally:
+        await engine.dispose()
+
+
+async def test_a_server_error_on_the_data_keeps_the_pooled_connection(
     reader: AsyncEngine,
 ) -> None:
     repository = Repository(reader)

@@ -68,8 +68,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     dead connection or a read-only answer alike
     (:func:`~contracts.history.failover.drop_connections_on_failover`), so the
     batch's retry connects anew and ``target_session_attrs`` picks the new
-    primary. There is no pre-ping: the retry that follows one failed attempt
-    costs less than a round trip before every batch.
+    primary. A connection the server has closed while pooled is replaced at
+    checkout, a local check. There is no pre-ping: the retry that follows one
+    failed attempt costs less than a round trip before every batch.
     """
     engine = create_async_engine(
         settings.sqlalchemy_url,

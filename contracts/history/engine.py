@@ -50,13 +50,13 @@ def reader_engine(
     :func:`sqlalchemy.ext.asyncio.create_async_engine`.
 
     A pooled connection the server has closed is replaced when it is checked
-    out, and the rest of the pool with it (see
-    :mod:`contracts.history.failover`): after a failover the first read
-    reconnects, to the server the URL's hosts now offer, instead of failing on
-    the old one. That check is local; ``pool_pre_ping=True`` adds SQLAlchemy's
-    round trip to the server on every checkout, which also finds a connection
-    whose server vanished without closing it, at about twice the latency of
-    a read.
+    out (see :mod:`contracts.history.failover`), and a read whose connection
+    is lost under it runs once more on a new one: after a failover the first
+    read reconnects, to the server the URL's hosts now offer, instead of
+    failing on the old one. That check is local; ``pool_pre_ping=True`` adds
+    SQLAlchemy's round trip to the server on every checkout, which also
+    finds a connection whose server vanished without closing it, at about
+    twice the latency of a read.
     """
     try:
         parsed = asyncpg_url(url)

@@ -16,7 +16,9 @@ from uuid import UUID
 
 import asyncpg
 from sqlalchemy import Select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from contracts.enums import ConversationStatus
@@ -78,6 +80,8 @@ def _connection_lost(error: BaseException, driver: asyncpg.Connection) -> bool:
         # is 08003); the others, a server shutting down.
         sqlstate = error.sqlstate or ""
         return sqlstate.startswith("08") or sqlstate in SERVER_CHANGED
+    if isinstance(error, TimeoutError):  # an OSError too: a slow server, not a lost one
+        return False
     return isinstance(error, Exception) and (driver.is_closed() or isinstance(error, OSError))
 
 
@@ -119,21 +123,37 @@ class Repository:
         so running it twice is safe.
         """
         for attempt in (1, 2):
-            pooled = await self._engine.raw_connection()
+            pooled = await self._checkout()
             driver = cast(asyncpg.Connection, pooled.driver_connection)
             try:
                 return await driver.fetch(sql, *arguments)
             except BaseException as error:
+                # Judged before invalidating, which closes the connection.
+                lost = _connection_lost(error, driver)
                 if connection_spoilt(error, driver):
                     with contextlib.suppress(Exception):  # never pooled again
                         await greenlet_spawn(pooled.invalidate, error)
-                if attempt == 2 or not _connection_lost(error, driver):
+                if attempt == 2 or not lost:
                     raise
             finally:
-                # Returning it to the pool may need the event loop (a rollback):
-                # it runs where SQLAlchemy can await.
+                # Pool events and closing a connection the pool no longer keeps
+                # await the driver: SQLAlchemy needs its greenlet for them.
                 await greenlet_spawn(pooled.close)
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _checkout(self) -> PoolProxiedConnection:
+        """A pooled connection; a failure to connect raises SQLAlchemy's ``DBAPIError``
+        (``OperationalError`` and so on), as ``engine.connect()`` would."""
+        try:
+            return await self._engine.raw_connection()
+        except self._engine.dialect.loaded_dbapi.Error as error:
+            raise DBAPIError.instance(
+                None,
+                None,
+                error,
+                self._engine.dialect.loaded_dbapi.Error,
+                dialect=self._engine.dialect,
+            ) from error
 
     async def conversation(self, user_id: str, conversation_id: UUID) -> ConversationRow | None:
         """One conversation of ``user_id``; None if it is missing or another user's."""

@@ -41,7 +41,8 @@ async def run(
     """Run ``command`` to its end, its output captured and its stdin empty.
 
     Raises ``TimeoutError`` after ``timeout_s``. On that, on cancellation and on
-    any other error the child is killed and reaped before the error goes on.
+    any other error the child is killed and reaped before the error goes on
+    (a cancellation that comes during the reaping is raised after it).
     """
     process = await asyncio.create_subprocess_exec(
         *command,
@@ -57,8 +58,26 @@ async def run(
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-        # Shielded: a second cancellation must not leave the child unreaped either.
-        await asyncio.shield(process.wait())
+        if await _reaped(process):
+            raise asyncio.CancelledError from None  # cancelled again meanwhile
         raise
     assert process.returncode is not None  # communicate() returns once the child has exited
     return Completed(process.returncode, stdout, stderr)
+
+
+async def _reaped(process: asyncio.subprocess.Process) -> bool:
+    """Wait until the killed ``process`` is reaped, whatever cancels the caller
+    meanwhile; whether something did.
+
+    The wait is short, since the child was killed, but it also waits for the
+    child's pipes to close: a grandchild that kept them open would hold it.
+    The callers run commands that exec their program (rabbitmqctl, pg_ctlcluster).
+    """
+    waiter = asyncio.ensure_future(process.wait())
+    cancelled = False
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
