@@ -105,6 +105,7 @@ def test_ingest_ratios_come_from_the_medians_of_the_rounds() -> None:
     assert ingest.ratios()["worker_1/naive"] == round(10_000 / 900, 2)
     (goal,) = ingest.goals()
     assert (goal.value, goal.met) == (0.9, True)
+    assert goal.measured == "0.9 (18,000 / 20,000 events/s)"
     shown = "\n".join(ingest.table())
     assert "| 18,000 events/s" in shown
     assert "| 5,000-21,000 |" in shown
@@ -118,6 +119,7 @@ def test_latency_and_memory_goals_are_ratios_to_their_floors_or_absolute() -> No
     p50 = by_name["publish-to-commit at 1,000/s, p50 vs floor"]
     p99 = by_name["publish-to-commit at 1,000/s, p99 vs floor"]
     assert (p50.value, p50.met, p99.value, p99.met) == (1.95, True, 5.0, False)
+    assert p50.measured == "1.95 (3.90 / 2.00 ms)"
     assert by_name["publish-to-commit at 5,000/s, p50 vs floor"].met is None, "not run"
     queued = Floor(5000, _ms(900, 2000, 3000), _ms(0.5, 1.0, 2.0), _ms(900.5, 2001, 3002))
     saturated = Latency([LatencyResult(5000, 4800, 50_000, _ms(950, 2100, 3100), queued)])

@@ -27,6 +27,11 @@ def number(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def ratio_shown(value: float, scenario: str, floor: str) -> str:
+    """A ratio with the two numbers it came from: ``0.71 (12,221 / 17,311 events/s)``."""
+    return f"{number(value)} ({scenario} / {floor})"
+
+
 def at_least(
     what: str, target: str, value: float | None, least: float, shown: str | None = None
 ) -> Goal:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from worker.tools.bench import broker, database, naive, raw, workers
-from worker.tools.bench.goals import Goal, at_least, number
+from worker.tools.bench.goals import Goal, at_least, ratio_shown
 from worker.tools.bench.publisher import publish_all
 from worker.tools.bench.stats import Spread, mib, rate, ratio, spread
 from worker.tools.bench.workload import Workload, user_ids
@@ -126,9 +126,10 @@ class Ingest:
         value = self.ratios().get("worker_2/raw")
         shown = None
         if value is not None:
-            shown = (
-                f"{number(value)} ({spreads['worker_2'].median:,.0f} / "
-                f"{spreads['raw'].median:,.0f} events/s)"
+            shown = ratio_shown(
+                value,
+                f"{spreads['worker_2'].median:,.0f}",
+                f"{spreads['raw'].median:,.0f} events/s",
             )
         return [
             at_least(

@@ -29,7 +29,7 @@ from pamqp.commands import Basic
 
 from worker import topology
 from worker.tools.bench import broker, commit, database, workers
-from worker.tools.bench.goals import Goal, at_most, number
+from worker.tools.bench.goals import Goal, at_most, number, ratio_shown
 from worker.tools.bench.pipes import helpers
 from worker.tools.bench.publisher import PROPERTIES, PublishRefusedError, publish_all
 from worker.tools.bench.stats import PERCENTILES, Percentiles, added, ratio, summarise
@@ -142,9 +142,10 @@ class Latency:
                     )
                     continue
                 if result is not None and value is not None:
-                    shown = (
-                        f"{number(value)} ({result.latency.at(name):.2f} / "
-                        f"{result.floor.total.at(name):.2f} ms)"
+                    shown = ratio_shown(
+                        value,
+                        f"{result.latency.at(name):.2f}",
+                        f"{result.floor.total.at(name):.2f} ms",
                     )
                 found.append(
                     at_most(

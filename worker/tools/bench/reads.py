@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final
 
-from worker.tools.bench.goals import Goal, at_most, number
+from worker.tools.bench.goals import Goal, at_most, ratio_shown
 from worker.tools.bench.pipes import helpers
 from worker.tools.bench.stats import Percentiles, ratio, summarise
 from worker.tools.sandbox import Sandbox
@@ -112,9 +112,10 @@ class Reads:
                 value = pair.ratios()[query] if pair else None
                 shown = None
                 if pair is not None and value is not None:
-                    shown = (
-                        f"{number(value)} ({getattr(pair.repository, query).p95_ms:.2f} / "
-                        f"{getattr(pair.floor, query).p95_ms:.2f} ms)"
+                    shown = ratio_shown(
+                        value,
+                        f"{getattr(pair.repository, query).p95_ms:.2f}",
+                        f"{getattr(pair.floor, query).p95_ms:.2f} ms",
                     )
                 found.append(
                     at_most(
