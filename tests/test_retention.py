@@ -551,6 +551,21 @@ def _purge_command(*arguments: str) -> list[str]:
     ]
 
 
+async def _start_purge_in_batches_of_10(
+    environment: dict[str, str], log: Path, *, stdout: int
+) -> asyncio.subprocess.Process:
+    """``chatstore purge --batch-size 10 --json`` in a child, its stderr in ``log``;
+    it waits up to 60 s for a lock, so a test can hold one of its rows."""
+    # The child has its own copy of the descriptor: ours is closed at once.
+    with log.open("wb") as stream:
+        return await asyncio.create_subprocess_exec(
+            *_purge_command("--batch-size", "10", "--lock-timeout", "60", "--json"),
+            env=environment,
+            stdout=stdout,
+            stderr=stream,
+        )
+
+
 async def _four_hundred_archived_and_five_active(
     database_url: URL,
 ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
@@ -577,14 +592,11 @@ async def test_a_purge_interrupted_midway_leaves_whole_conversations_and_a_rerun
     # The 11th batch of 10 waits for this row while the signal arrives: the
     # first ten have committed, and the 11th commits once the lock is gone.
     connection, transaction = await _lock_row(database_url, ids[105])
-    # The child has its own copy of the descriptor: ours is closed at once.
-    with (tmp_path / "purge.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            *_purge_command("--batch-size", "10", "--lock-timeout", "60", "--json"),
-            env=worker_environment(maintenance_settings(purge_settings)),
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
+    process = await _start_purge_in_batches_of_10(
+        worker_environment(maintenance_settings(purge_settings)),
+        tmp_path / "purge.log",
+        stdout=subprocess.PIPE,
+    )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
         assert await count(database_url, "conversations") == 405 - 100
@@ -634,18 +646,12 @@ async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_g
 ) -> None:
     ids, kept = await _four_hundred_archived_and_five_active(database_url)
     environment = worker_environment(maintenance_settings(purge_settings))
-    batches_of_10 = ("--batch-size", "10", "--lock-timeout", "60", "--json")
 
     # 1. SIGKILL while the 11th batch of 10 waits for our lock on one of its rows.
     connection, transaction = await _lock_row(database_url, ids[105])
-    # The child has its own copy of the descriptor: ours is closed at once.
-    with (tmp_path / "killed.log").open("wb") as log:
-        killed = await asyncio.create_subprocess_exec(
-            *_purge_command(*batches_of_10),
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    killed = await _start_purge_in_batches_of_10(
+        environment, tmp_path / "killed.log", stdout=subprocess.DEVNULL
+    )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
         [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
@@ -666,14 +672,9 @@ async def test_a_killed_purge_loses_only_its_batch_and_a_failed_database_still_g
     connection, transaction = await _lock_row(database_url, ids[205])
     admin = await asyncpg.connect(services_admin_url.render_as_string(hide_password=False))
     database = f'"{database_url.database}"'
-    # The child has its own copy of the descriptor: ours is closed at once.
-    with (tmp_path / "failed.log").open("wb") as log:
-        failed = await asyncio.create_subprocess_exec(
-            *_purge_command(*batches_of_10),
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
+    failed = await _start_purge_in_batches_of_10(
+        environment, tmp_path / "failed.log", stdout=subprocess.PIPE
+    )
     try:
         await wait_for(lambda: _someone_waits_for_a_lock(database_url), what="the purge blocked")
         [backend] = [row["pid"] for row in await _lock_waiters(database_url)]
